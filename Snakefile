@@ -1,0 +1,27 @@
+# TBKIN pipeline. Default config: the offline `shapes` dataset.
+#   snakemake --cores all results/vqa_eval.json
+# Real data:  snakemake --cores all --configfile config/vqa2.yaml results/vqa_eval.json
+# Cluster:    snakemake --profile workflow/profiles/slurm results/vqa_eval.json
+
+from tbkin.config import validate as validate_config, ConfigError
+
+configfile: "config/config.yaml"
+
+try:
+    config.update(validate_config(config, sources=[str(f) for f in workflow.configfiles] or ["config/config.yaml"]))
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/features.smk"
+include: "rules/text.smk"
+include: "rules/graph.smk"
+include: "rules/train.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        VQA_EVAL,
+        REC_EVAL,

@@ -17,8 +17,9 @@ include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/text.smk"
 include: "rules/graph.smk"
-include: "rules/train.smk"
-include: "rules/report.smk"
+include: "rules/pretrain.smk"
+include: "rules/finetune.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

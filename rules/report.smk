@@ -1,1 +1,0 @@
-# Rules for the report stage(s).

@@ -1,1 +1,99 @@
-# Rules for the text stage(s).
+# Text scene graphs: parse each distinct text once (sharded), join back to records,
+# score the parser against the generator's gold scene graphs (shapes only).
+import shlex
+
+GOLD_SCENE_GRAPHS = os.path.join(DATA["root"], "gold_scene_graphs.json")
+
+
+def text_record_files(split):
+    """Official-format files holding the split's texts (see README: Text scene graphs)."""
+    files = {}
+    if config["dataset"] in ("shapes", "vqa2"):
+        files["captions"] = data_file("captions", split)
+        files["questions"] = data_file("vqa_questions", split)
+    if config["dataset"] != "vqa2" and split == "train":  # refs use train images
+        files["refs"] = data_file("refs")
+        files["refs_instances"] = data_file("refs_instances")
+    return files
+
+
+def text_record_args(wildcards):
+    files = text_record_files(wildcards.split)
+    return " ".join(f"--{key.replace('_', '-')} {shlex.quote(path)}" for key, path in files.items())
+
+
+# The dataset files are declared through DATA_READY, which the data rules write last.
+rule parse_text_shard:
+    input:
+        ready=DATA_READY,
+    output:
+        PARSE_SHARD,
+    params:
+        records=text_record_args,
+        num_shards=N_TEXT_SHARDS,
+        model=config["text"]["spacy_model"],
+        batch_size=config["text"]["batch_size"],
+    wildcard_constraints:
+        split="|".join(SPLITS),
+        shard=r"\d+",
+    threads: 1
+    conda:
+        "../envs/tbkin.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    log:
+        f"{LOGS}/text/parse_{{split}}_{{shard}}.log",
+    benchmark:
+        f"{BENCH}/text/parse_{{split}}_{{shard}}.tsv"
+    shell:
+        "tbkin parse-text {params.records} --shard {wildcards.shard} --num-shards {params.num_shards}"
+        " --spacy-model {params.model:q} --batch-size {params.batch_size} --output {output:q} > {log:q} 2>&1"
+
+
+rule combine_parses:
+    input:
+        ready=DATA_READY,
+        shards=expand(PARSE_SHARD, shard=shard_ids(N_TEXT_SHARDS), allow_missing=True),
+    output:
+        PARSES,
+    params:
+        records=text_record_args,
+    wildcard_constraints:
+        split="|".join(SPLITS),
+    threads: 1
+    conda:
+        "../envs/tbkin.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    log:
+        f"{LOGS}/text/combine_{{split}}.log",
+    benchmark:
+        f"{BENCH}/text/combine_{{split}}.tsv"
+    shell:
+        "tbkin combine-parses {input.shards:q} {params.records} --output {output:q} > {log:q} 2>&1"
+
+
+rule parser_metrics:
+    input:
+        ready=DATA_READY,
+        parses=expand(PARSES, split=list(SPLITS)),
+    output:
+        PARSER_METRICS,
+    params:
+        gold=GOLD_SCENE_GRAPHS,
+        model=config["text"]["spacy_model"],
+    threads: 1
+    conda:
+        "../envs/tbkin.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    log:
+        f"{LOGS}/text/parser_metrics.log",
+    benchmark:
+        f"{BENCH}/text/parser_metrics.tsv"
+    shell:
+        "tbkin parser-metrics --gold {params.gold:q} --parses {input.parses:q} --spacy-model {params.model:q}"
+        " --output {output:q} > {log:q} 2>&1"

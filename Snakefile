@@ -12,6 +12,8 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
+report: "workflow/report/workflow.rst"
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
@@ -26,3 +28,18 @@ rule all:
     input:
         VQA_EVAL,
         REC_EVAL,
+
+
+rule all_results:
+    """Every result the workflow report shows: `snakemake --report report.html all_results` after running it."""
+    input:
+        VQA_EVAL,
+        REC_EVAL,
+        PRETRAIN_PLOT,
+        ABLATION_CSV,
+        ABLATION_SUMMARY,
+        ABLATION_VQA_PNG,
+        ABLATION_REC_PNG,
+        ATTENTION_MAPS,
+        [DETECTOR_METRICS] if config["detector"]["train"] else [],
+        [PARSER_METRICS] if config["dataset"] == "shapes" else [],

@@ -1,5 +1,6 @@
 # Paths shared by every rule file. All artifact names are defined here, once.
 import os
+import shlex
 
 R = config["results"]
 DATA = config["data"]
@@ -24,19 +25,19 @@ DATA_READY = os.path.join(DATA["root"], "DATASET_READY.json")
 DETECTOR_WEIGHTS = f"{R}/detector/detector.safetensors"
 DETECTOR_METRICS = f"{R}/detector/metrics.json"
 N_FEATURE_SHARDS = config["features"]["shards"]
-FEATURE_SHARD = R + "/features/{split}/shard-{shard}-of-" + str(N_FEATURE_SHARDS) + ".h5"
-FEATURES = R + "/features/{split}.h5"
+FEATURE_SHARD = f"{R}/features/{{split}}/shard-{{shard}}-of-{N_FEATURE_SHARDS}.h5"
+FEATURES = f"{R}/features/{{split}}.h5"
 
 # Stage 2: text scene graphs
 N_TEXT_SHARDS = config["text"]["shards"]
-PARSE_SHARD = R + "/text/{split}/shard-{shard}-of-" + str(N_TEXT_SHARDS) + ".parquet"
-PARSES = R + "/text/{split}/parses.parquet"
+PARSE_SHARD = f"{R}/text/{{split}}/shard-{{shard}}-of-{N_TEXT_SHARDS}.parquet"
+PARSES = f"{R}/text/{{split}}/parses.parquet"
 PARSER_METRICS = f"{R}/text/parser_metrics.json"
 
 # Stage 3-4: unified scene graph and knowledge entries
 WORD_VECTORS = f"{R}/graph/word_vectors.kv"
-EDGES = R + "/graph/edges/split={split}/part-0.parquet"
-ENTRIES = R + "/graph/entries/split={split}/part-0.parquet"
+EDGES = f"{R}/graph/edges/split={{split}}/part-0.parquet"
+ENTRIES = f"{R}/graph/entries/split={{split}}/part-0.parquet"
 
 # Stage 5: pretraining
 PRETRAIN_DIR = f"{R}/pretrain"
@@ -56,3 +57,61 @@ ATTENTION_MAPS = f"{R}/figures/attention_maps.png"
 
 def shard_ids(n):
     return [str(i) for i in range(n)]
+
+
+# Helpers of rules/features.smk (functions live here: rule files hold rules only).
+
+def feature_image_list(split):
+    """COCO-format JSON listing the split's images: its instances file, or for
+    datasets that have none (RefCOCO) the refs' instances (train images only)."""
+    if "instances" in DATA.get("contents", ["instances"]):
+        return data_file("instances", split)
+    return data_file("refs_instances") if split == "train" else None
+
+
+def detector_args():
+    if DET["train"]:
+        return f"--weights {shlex.quote(DETECTOR_WEIGHTS)}"
+    label_map = f" --label-map {shlex.quote(DET['label_map'])}" if DET["label_map"] else ""
+    return (
+        f"--weights {shlex.quote(DET['weights'])}{label_map} --backend {DET['backend']}"
+        f" --architecture {shlex.quote(DET['architecture'])}"
+        f" --min-size {DET['min_size']} --max-size {DET['max_size']}"
+    )
+
+
+# Helpers of rules/text.smk.
+
+def text_record_files(split):
+    """Official-format files holding the split's texts (see README: Text scene graphs)."""
+    files = {}
+    if config["dataset"] in ("shapes", "vqa2"):
+        files["captions"] = data_file("captions", split)
+        files["questions"] = data_file("vqa_questions", split)
+    if config["dataset"] != "vqa2" and split == "train":  # refs use train images
+        files["refs"] = data_file("refs")
+        files["refs_instances"] = data_file("refs_instances")
+    return files
+
+
+def text_record_args(wildcards):
+    files = text_record_files(wildcards.split)
+    return " ".join(f"--{key.replace('_', '-')} {shlex.quote(path)}" for key, path in files.items())
+
+
+# Helpers of rules/evaluate.smk.
+
+def ablation_attention(wildcards):
+    """Command-line attention flags of an ablation setting name."""
+    if wildcards.setting.startswith("local"):
+        return f"--mode local --window {int(wildcards.setting[len('local'):])}"
+    return f"--mode threshold --threshold {float(wildcards.setting[1:])}"
+
+
+# Helpers of the training rules (rules/pretrain.smk, finetune.smk).
+
+def training_launcher(nproc):
+    """Start a training subcommand on `nproc` processes per node: one plain process,
+    torchrun on this machine, or one torchrun per node inside a multi-node SLURM job
+    (see `tbkin launch --help` and README, "Running on a cluster")."""
+    return f"tbkin launch --nproc-per-node {nproc} --"

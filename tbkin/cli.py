@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-graph": ("tbkin.graph.build", "unified scene graph edges and knowledge entries (Parquet)"),
     "inspect": ("tbkin.graph.inspect", "show one image-text pair: regions, parse, edges, entries"),
     "pretrain": ("tbkin.train.pretrain", "pretrain with MLM, MRM, SKM and ITM"),
+    "launch": ("tbkin.train.launch", "run a training subcommand on 1 process, torchrun, or several SLURM nodes"),
     "plot-losses": ("tbkin.train.plots", "plot a training log's loss curves"),
     "finetune-vqa": ("tbkin.train.finetune_vqa", "fine-tune with threshold attention on VQA"),
     "finetune-rec": ("tbkin.train.finetune_rec", "fine-tune with threshold attention on REC"),

@@ -22,8 +22,8 @@ def run_snakemake(tmp_path: Path, *targets: str, extra: tuple[str, ...] = ()) ->
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [
         sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(REPO), "--configfile", "config/test.yaml", str(override),
-        *extra, *[str(results / t) for t in targets],
+        "--directory", str(REPO), *[str(results / t) for t in targets], *extra,
+        "--configfile", "config/test.yaml", str(override),
     ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 

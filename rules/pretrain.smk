@@ -1,1 +1,81 @@
-# Rules for the pretrain stage.
+# Pretraining (MLM, MRM, SKM, ITM) and its loss-curve figure.
+# Every config value the step reads goes through params, so changing one reruns it.
+# Interrupted runs resume from {PRETRAIN_DIR}/state/ when the rule is run again.
+import json
+
+PT = config["pretrain"]
+MODEL = config["model"]
+
+
+rule pretrain:
+    input:
+        parses=PARSES.format(split="train"),
+        features=FEATURES.format(split="train"),
+        entries=ENTRIES.format(split="train"),
+    output:
+        model=PRETRAIN_CKPT,
+        config=f"{PRETRAIN_DIR}/config.json",
+        log=PRETRAIN_LOG,
+    params:
+        launcher=training_launcher(PT["nproc"]),
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        bert_path=MODEL["bert_path"] or "null",
+        num_layers=MODEL["num_layers"],
+        max_text_len=MODEL["max_text_len"],
+        prune_vocab=MODEL["prune_vocab"],
+        steps=PT["steps"],
+        batch_size=PT["batch_size"],
+        lr=PT["lr"],
+        warmup_steps=PT["warmup_steps"],
+        task_weights=json.dumps(PT["task_weights"], sort_keys=True),
+        itm_negative_ratio=PT["itm_negative_ratio"],
+        mask_prob=PT["mask_prob"],
+        log_every=PT["log_every"],
+        checkpoint_every=PT["checkpoint_every"],
+        seed=config["seed"],
+        proc_threads=lambda wildcards, threads: max(1, threads // PT["nproc"]),
+    threads: 256  # all of --cores (Snakemake caps threads at the cores it is given)
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    log:
+        f"{LOGS}/pretrain/pretrain.log",
+    benchmark:
+        f"{BENCH}/pretrain/pretrain.tsv"
+    conda: "../envs/tbkin.yaml"
+    shell:
+        # Passive OpenMP waiting: spinning threads slow a step tens of times when the
+        # cores are shared with other work.
+        "{params.launcher} pretrain --parses {input.parses:q} --features {input.features:q}"
+        " --entries {input.entries:q} --out-dir {params.out_dir:q} --bert-path {params.bert_path:q}"
+        " --num-layers {params.num_layers} --max-text-len {params.max_text_len} --prune-vocab {params.prune_vocab}"
+        " --steps {params.steps} --batch-size {params.batch_size} --lr {params.lr}"
+        " --warmup-steps {params.warmup_steps} --task-weights {params.task_weights:q}"
+        " --itm-negative-ratio {params.itm_negative_ratio} --mask-prob {params.mask_prob}"
+        " --log-every {params.log_every} --checkpoint-every {params.checkpoint_every} --seed {params.seed}"
+        " --threads {params.proc_threads} > {log:q} 2>&1"
+
+
+rule plot_pretrain_losses:
+    input:
+        PRETRAIN_LOG,
+    output:
+        report(PRETRAIN_PLOT, caption="../workflow/report/loss_curves.rst", category="3. Pretraining"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        f"{LOGS}/pretrain/plot_losses.log",
+    benchmark:
+        f"{BENCH}/pretrain/plot_losses.tsv"
+    conda: "../envs/tbkin.yaml"
+    shell:
+        "tbkin plot-losses {input:q} --output {output:q} --title pretraining > {log:q} 2>&1"
+
+
+rule pretrain_all:
+    """The pretrained checkpoint and its loss curves."""
+    input:
+        PRETRAIN_CKPT,
+        PRETRAIN_PLOT,

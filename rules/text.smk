@@ -1,25 +1,7 @@
 # Text scene graphs: parse each distinct text once (sharded), join back to records,
 # score the parser against the generator's gold scene graphs (shapes only).
-import shlex
 
 GOLD_SCENE_GRAPHS = os.path.join(DATA["root"], "gold_scene_graphs.json")
-
-
-def text_record_files(split):
-    """Official-format files holding the split's texts (see README: Text scene graphs)."""
-    files = {}
-    if config["dataset"] in ("shapes", "vqa2"):
-        files["captions"] = data_file("captions", split)
-        files["questions"] = data_file("vqa_questions", split)
-    if config["dataset"] != "vqa2" and split == "train":  # refs use train images
-        files["refs"] = data_file("refs")
-        files["refs_instances"] = data_file("refs_instances")
-    return files
-
-
-def text_record_args(wildcards):
-    files = text_record_files(wildcards.split)
-    return " ".join(f"--{key.replace('_', '-')} {shlex.quote(path)}" for key, path in files.items())
 
 
 # The dataset files are declared through DATA_READY, which the data rules write last.
@@ -80,7 +62,7 @@ rule parser_metrics:
         ready=DATA_READY,
         parses=expand(PARSES, split=list(SPLITS)),
     output:
-        PARSER_METRICS,
+        report(PARSER_METRICS, caption="../workflow/report/parser_metrics.rst", category="2. Text scene graphs"),
     params:
         gold=GOLD_SCENE_GRAPHS,
         model=config["text"]["spacy_model"],

@@ -1,0 +1,86 @@
+"""``tbkin eval-rec``: REC accuracy per split.
+
+A prediction is a hit when the IoU of its (refined) box with the referred object's
+box is at least 0.5 (:func:`tbkin.evaluate.rec_boxes.is_hit`). Accuracy is the
+percentage of expressions that are hits, per split (val, testA, testB; RefCOCOg
+val / test). Every expression of an evaluated split must have a prediction.
+
+Output JSON (see README "Evaluation")::
+
+    {"dataset", "threshold", "attention", "seed",
+     "accuracy": {split: percent}, "num_expressions": {split: n},
+     "proposal_upper_bound": {split: percent}, "predictions"}
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from tbkin.atomic import write_json
+from tbkin.data.loaders import Ref, load_refcoco
+from tbkin.errors import DataFormatError
+from tbkin.evaluate.rec_boxes import is_hit, xywh_to_xyxy
+from tbkin.evaluate.vqa import read_json
+
+log = logging.getLogger(__name__)
+
+
+def split_accuracy(predictions: list[dict], refs: list[Ref], where: str) -> float:
+    """Percent hits (2 decimals) of ``predictions`` ({sent_id, box [x, y, w, h]}) on ``refs``."""
+    referred = {s.sent_id: ref.bbox for ref in refs for s in ref.sentences}
+    boxes: dict[int, list[float]] = {}
+    for i, p in enumerate(predictions):
+        try:
+            sent_id, box = int(p["sent_id"]), [float(v) for v in p["box"]]
+        except (KeyError, TypeError, ValueError):
+            raise DataFormatError(f"{where}: record {i} is not {{sent_id, box}}") from None
+        if len(box) != 4:
+            raise DataFormatError(f"{where}: record {i}: box should be [x, y, w, h]")
+        if sent_id not in referred:
+            raise DataFormatError(f"{where}: sent_id {sent_id} is not an expression of this split")
+        boxes[sent_id] = box
+    missing = sorted(set(referred) - set(boxes))
+    if missing:
+        raise DataFormatError(f"{where}: no prediction for sent_id {missing[0]} ({len(missing)} missing)")
+    hits = sum(is_hit(xywh_to_xyxy(torch.tensor(boxes[s])), xywh_to_xyxy(torch.tensor(b)))
+               for s, b in referred.items())
+    return round(100.0 * hits / len(referred), 2)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", required=True, help="finetune-rec predictions {split: [...]}")
+    parser.add_argument("--refs", required=True)
+    parser.add_argument("--refs-instances", required=True)
+    parser.add_argument("--run-info", help="run.json written by finetune-rec")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--output", required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    predictions = read_json(args.predictions)
+    if not isinstance(predictions, dict) or not predictions:
+        raise DataFormatError(f"{args.predictions}: expected {{split: [predictions]}}")
+    by_split = load_refcoco(args.refs, args.refs_instances).by_split()
+    accuracy, counts = {}, {}
+    for split, preds in predictions.items():
+        if split not in by_split:
+            raise DataFormatError(f"{args.predictions}: split '{split}' is not in {args.refs}")
+        accuracy[split] = split_accuracy(preds, by_split[split], f"{args.predictions} [{split}]")
+        counts[split] = sum(len(r.sentences) for r in by_split[split])
+    info = read_json(args.run_info) if args.run_info else {}
+    attention = info.get("attention", {"mode": "full", "threshold": 0.0, "window": None})
+    doc = {
+        "dataset": args.dataset,
+        "threshold": attention["threshold"] if attention["mode"] == "threshold" else 0.0,
+        "attention": attention,
+        "seed": info.get("seed"),
+        "accuracy": accuracy,
+        "num_expressions": counts,
+        "proposal_upper_bound": info.get("proposal_upper_bound", {}),
+        "predictions": args.predictions,
+    }
+    write_json(args.output, doc)
+    log.info("REC accuracy %s (proposal upper bound %s)", accuracy, doc["proposal_upper_bound"])
+    return 0

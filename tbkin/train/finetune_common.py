@@ -1,0 +1,164 @@
+"""Fine-tuning machinery shared by VQA and REC.
+
+* :func:`load_backbone` — the pretrained TBKIN encoder with the fine-tuning attention
+  switched on (threshold T, or a local window for the paper's Table 2 baseline).
+* :func:`train` — epochs over an in-memory example list: AdamW, linear warm-up and
+  decay, progress bar, JSONL loss log, a resumable training state saved after every
+  epoch (``tbkin.train.loop``), and data-parallel training when launched by
+  ``torchrun`` (each process takes every world_size-th example of the epoch's
+  permutation; the global batch stays ``batch_size``).
+* :func:`save_finetuned` / :func:`load_finetuned` — the fine-tuned encoder as a TBKIN
+  checkpoint (``model.safetensors`` + ``config.json`` + tokenizer) beside the task
+  head (``head.safetensors``) and ``run.json`` (task, attention setting, seed,
+  epochs, timing).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from tbkin.atomic import atomic_path, write_json
+from tbkin.model.modeling_tbkin import TbkinModel
+from tbkin.train.loop import (
+    DistributedContext,
+    JsonlLogger,
+    autocast,
+    linear_warmup_decay,
+    load_checkpoint,
+    save_checkpoint,
+    unwrap,
+)
+
+log = logging.getLogger(__name__)
+
+HEAD_NAME = "head.safetensors"
+RUN_INFO = "run.json"
+STATE_DIR = "state"
+
+
+@dataclass
+class AttentionSetting:
+    mode: str = "threshold"        # "threshold" (T = 0 is the Base model) | "local" | "full"
+    threshold: float = 0.0
+    window: int | None = None
+
+    def apply(self, model: TbkinModel) -> None:
+        model.set_attention(self.mode, threshold=self.threshold if self.mode == "threshold" else 0.0,
+                            window=self.window if self.mode == "local" else None)
+
+
+@dataclass
+class FinetuneSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    log_every: int = 10
+
+
+def load_backbone(pretrained_dir: str | Path, attention: AttentionSetting) -> TbkinModel:
+    model = TbkinModel.from_pretrained(pretrained_dir)
+    attention.apply(model)
+    return model
+
+
+def make_head(in_dim: int, out_dim: int) -> nn.Sequential:
+    """ROSITA / MCAN classifier: Linear -> GELU -> LayerNorm -> Linear (hidden 2x)."""
+    return nn.Sequential(nn.Linear(in_dim, 2 * in_dim), nn.GELU(), nn.LayerNorm(2 * in_dim),
+                         nn.Linear(2 * in_dim, out_dim))
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_examples, generator=gen).tolist()
+
+
+def train(
+    module: nn.Module,
+    num_examples: int,
+    batch_loss: Callable[[nn.Module, Sequence[int]], torch.Tensor],
+    settings: FinetuneSettings,
+    ctx: DistributedContext,
+    out_dir: str | Path,
+    desc: str = "fine-tune",
+) -> dict:
+    """Train ``module`` for ``settings.epochs``; ``batch_loss(module, indices)`` -> scalar loss.
+
+    Returns timing stats. Resumes from ``out_dir/state`` when a previous run was cut off.
+    """
+    out_dir = Path(out_dir)
+    per_rank = max(1, settings.batch_size // ctx.world_size)
+    steps_per_epoch = max(1, num_examples // (per_rank * ctx.world_size))
+    total = steps_per_epoch * settings.epochs
+    module.to(ctx.device)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = linear_warmup_decay(optimizer, math.ceil(settings.warmup_fraction * total), total)
+    state_dir = out_dir / STATE_DIR
+    step = load_checkpoint(state_dir, module, optimizer, scheduler, map_location=ctx.device) or 0
+    torch.manual_seed(settings.seed * 7919 + step + ctx.rank)  # dropout stream, per process
+    train_module = module
+    if ctx.distributed:
+        train_module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    logger = JsonlLogger(out_dir / "log.jsonl", resume_step=step or None, enabled=ctx.is_main)
+    train_module.train()
+    start = time.perf_counter()
+    first_step = step
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not ctx.is_main, mininterval=2.0)
+    while step < total:
+        epoch, within = divmod(step, steps_per_epoch)
+        order = epoch_order(num_examples, settings.seed, epoch)
+        lo = (within * ctx.world_size + ctx.rank) * per_rank
+        indices = [order[i % num_examples] for i in range(lo, lo + per_rank)]
+        with autocast(ctx.device):
+            loss = batch_loss(train_module, indices)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        if step % settings.log_every == 0 or step == total:
+            logger.write({"step": step, "epoch": epoch, "loss": float(loss.detach()),
+                          "lr": scheduler.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if step % steps_per_epoch == 0 and step < total and ctx.is_main:
+            save_checkpoint(state_dir, module, optimizer, scheduler, step, config=asdict(settings))
+    bar.close()
+    logger.close()
+    seconds = time.perf_counter() - start
+    done = step - first_step
+    return {"steps": total, "steps_this_run": done, "train_seconds": round(seconds, 1),
+            "samples_per_second": round(done * per_rank * ctx.world_size / max(seconds, 1e-9), 1)}
+
+
+def save_finetuned(out_dir: str | Path, backbone: TbkinModel, head: nn.Module, run_info: dict) -> None:
+    """Final artifacts; the resumable training state is removed once they are written."""
+    out_dir = Path(out_dir)
+    backbone = unwrap(backbone)
+    backbone.save_pretrained(out_dir)
+    with atomic_path(out_dir / HEAD_NAME) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(tmp))
+    write_json(out_dir / RUN_INFO, run_info)
+    shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
+
+
+def load_head_state(out_dir: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(out_dir) / HEAD_NAME))
+
+
+def batched(num_examples: int, batch_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + batch_size, num_examples))) for i in range(0, num_examples, batch_size)]

@@ -1,0 +1,191 @@
+"""``tbkin finetune-rec``: threshold fine-tuning on referring expressions, then predictions.
+
+Every region token of the TBKIN encoder gets a rank score and four box deltas from a
+Linear -> GELU -> LN -> Linear head. Training targets (:mod:`tbkin.evaluate.rec_boxes`):
+the rank target is a distribution over the regions with IoU >= 0.5 to the referred
+box (soft cross-entropy), the deltas are regressed with SmoothL1 on those regions.
+The prediction for an expression is the top-scoring region's refined box.
+
+Outputs in ``--out-dir``: the fine-tuned encoder (``model.safetensors`` +
+``config.json`` + tokenizer), ``head.safetensors``, ``run.json`` (attention setting,
+seed, timing, and per split the share of expressions whose best region already has
+IoU >= 0.5: the proposals' upper bound before refinement), ``log.jsonl``.
+``--predictions``: ``{split: [{"sent_id", "ref_id", "image_id", "box": [x, y, w, h]}]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tbkin.atomic import write_json
+from tbkin.data.loaders import Ref, load_refcoco
+from tbkin.errors import DataFormatError
+from tbkin.evaluate.rec_boxes import HIT_IOU, RecTargets, decode_deltas, rec_targets, xywh_to_xyxy, xyxy_to_xywh
+from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
+from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
+from tbkin.train.finetune_common import (
+    AttentionSetting,
+    FinetuneSettings,
+    batched,
+    load_backbone,
+    load_head_state,
+    make_head,
+    save_finetuned,
+    train,
+)
+from tbkin.train.loop import cleanup_distributed, setup_distributed
+
+log = logging.getLogger(__name__)
+
+
+class RecScorer(nn.Module):
+    """TBKIN encoder + per-region head; forward -> (scores [B, M], deltas [B, M, 4])."""
+
+    def __init__(self, backbone: TbkinModel):
+        super().__init__()
+        self.backbone = backbone
+        self.head = make_head(backbone.config.hidden_size, 5)
+
+    def forward(self, inputs: TbkinInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(self.backbone(inputs).regions)
+        scores = out[..., 0].float().masked_fill(~inputs.region_mask, torch.finfo(torch.float32).min)
+        return scores, out[..., 1:].float()
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "RecScorer":
+        model = cls(TbkinModel.from_pretrained(directory))
+        model.head.load_state_dict(load_head_state(directory))
+        return model.eval()
+
+
+@dataclass
+class RecExample:
+    sent_id: int
+    ref: Ref
+    text: EncodedText
+    targets: RecTargets
+
+
+def load_examples(refs: list[Ref], encoder: TextEncoder, store: RegionStore) -> list[RecExample]:
+    """One example per (expression, referred object); targets computed once per ref."""
+    missing = [r.image_id for r in refs if r.image_id not in store]
+    if missing:
+        raise DataFormatError(f"{store.path}: no regions for image {missing[0]} (a RefCOCO image)")
+    sentences = [(ref, s) for ref in refs for s in ref.sentences]
+    encoded = encoder.encode_many([s.sent for _, s in sentences])
+    targets: dict[int, RecTargets] = {}
+    examples = []
+    for (ref, sent), text in zip(sentences, encoded):
+        if ref.ref_id not in targets:
+            regions = store.get(ref.image_id)
+            targets[ref.ref_id] = rec_targets(regions.boxes, regions.num_boxes,
+                                              xywh_to_xyxy(torch.tensor(ref.bbox, dtype=torch.float32)))
+        examples.append(RecExample(sent.sent_id, ref, text, targets[ref.ref_id]))
+    return examples
+
+
+def make_inputs(examples: list[RecExample], store: RegionStore, device) -> TbkinInputs:
+    return collate([e.text for e in examples], [store.get(e.ref.image_id) for e in examples]).to(device)
+
+
+def rec_loss(scores: torch.Tensor, deltas: torch.Tensor, examples: list[RecExample]) -> torch.Tensor:
+    """Soft cross-entropy of the rank scores + SmoothL1 of the positives' deltas."""
+    device = scores.device
+    rank = torch.stack([e.targets.rank for e in examples]).to(device)
+    positive = torch.stack([e.targets.positive for e in examples]).to(device)
+    target_deltas = torch.stack([e.targets.deltas for e in examples]).to(device)
+    rank_loss = -(rank * F.log_softmax(scores, dim=-1)).sum(-1).mean()
+    box_loss = F.smooth_l1_loss(deltas[positive], target_deltas[positive])
+    return rank_loss + box_loss
+
+
+@torch.no_grad()
+def predict(model: RecScorer, examples: list[RecExample], store: RegionStore, batch_size: int, device) -> list[dict]:
+    model.eval()
+    out = []
+    for idx in batched(len(examples), batch_size):
+        batch = [examples[i] for i in idx]
+        scores, deltas = model(make_inputs(batch, store, device))
+        best = scores.argmax(dim=-1)
+        for row, e in enumerate(batch):
+            region = store.get(e.ref.image_id).boxes[int(best[row])]
+            box = decode_deltas(region, deltas[row, int(best[row])].cpu())
+            out.append({"sent_id": e.sent_id, "ref_id": e.ref.ref_id, "image_id": e.ref.image_id,
+                        "box": [round(float(v), 2) for v in xyxy_to_xywh(box)]})
+    return out
+
+
+def proposal_upper_bound(examples: list[RecExample]) -> float:
+    """Percent of expressions whose best region has IoU >= 0.5 before refinement."""
+    return round(100.0 * sum(e.targets.best_iou >= HIT_IOU for e in examples) / max(1, len(examples)), 2)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pretrained", required=True, help="pretrained TBKIN directory")
+    parser.add_argument("--refs", required=True, help="refs(*).p pickle")
+    parser.add_argument("--refs-instances", required=True, help="instances.json of the refs")
+    parser.add_argument("--features", required=True, help="region features HDF5 of the refs' images")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--eval-splits", nargs="+", required=True, help="e.g. val testA testB")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--predictions", required=True, help="JSON of predicted boxes per split")
+    parser.add_argument("--mode", default="threshold", choices=["threshold", "local", "full"])
+    parser.add_argument("--threshold", type=float, default=0.0)
+    parser.add_argument("--window", type=int, default=None)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    ctx = setup_distributed(args.device)
+    try:
+        return _run(args, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _run(args: argparse.Namespace, ctx) -> int:
+    attention = AttentionSetting(args.mode, args.threshold, args.window)
+    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    by_split = load_refcoco(args.refs, args.refs_instances).by_split()
+    for split in [args.train_split, *args.eval_splits]:
+        if not by_split.get(split):
+            raise DataFormatError(f"{args.refs}: no refs in split '{split}' (has: {', '.join(sorted(by_split))})")
+    backbone = load_backbone(args.pretrained, attention)
+    encoder = TextEncoder(backbone.tokenizer, backbone.config.max_text_len)
+    store = RegionStore(args.features)
+    train_set = load_examples(by_split[args.train_split], encoder, store)
+    eval_sets = {s: load_examples(by_split[s], encoder, store) for s in args.eval_splits}
+    torch.manual_seed(args.seed)
+    model = RecScorer(backbone)
+
+    def batch_loss(module: nn.Module, indices) -> torch.Tensor:
+        batch = [train_set[i] for i in indices]
+        scores, deltas = module(make_inputs(batch, store, ctx.device))
+        return rec_loss(scores, deltas, batch)
+
+    stats = train(model, len(train_set), batch_loss, settings, ctx, args.out_dir, desc="finetune-rec")
+    if not ctx.is_main:
+        return 0
+    predictions = {s: predict(model, ex, store, 4 * args.batch_size, ctx.device) for s, ex in eval_sets.items()}
+    run_info = {"task": "rec", "attention": asdict(attention), "seed": args.seed, "settings": asdict(settings),
+                "train_expressions": len(train_set),
+                "proposal_upper_bound": {s: proposal_upper_bound(ex) for s, ex in eval_sets.items()},
+                "world_size": ctx.world_size, "threads": args.threads, **stats}
+    save_finetuned(args.out_dir, model.backbone, model.head, run_info)
+    write_json(args.predictions, predictions, indent=None)
+    log.info("finetune-rec: %d steps in %.0f s (%.1f samples/s)", stats["steps"], stats["train_seconds"],
+             stats["samples_per_second"])
+    return 0

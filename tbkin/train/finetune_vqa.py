@@ -1,0 +1,176 @@
+"""``tbkin finetune-vqa``: threshold fine-tuning on VQA, then val predictions.
+
+Starts from the pretrained TBKIN directory, switches every attention layer to
+threshold attention with T = ``finetune.threshold`` (or another setting for the
+ablation), puts the classifier Linear -> GELU -> LN -> Linear on [CLS] over the
+answer vocabulary (:mod:`tbkin.train.answers`) and trains with BCE on the soft
+scores (summed over answers, averaged over the batch, as in ROSITA / MCAN). Then
+predicts the arg-max answer of every question of the evaluation split and writes
+them in the official results format ``[{"question_id", "answer"}]``.
+
+Outputs in ``--out-dir``: ``model.safetensors`` + ``config.json`` + tokenizer files
+(the fine-tuned encoder, attention setting in its config), ``head.safetensors``,
+``answers.json``, ``run.json``, ``log.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tbkin.atomic import write_json
+from tbkin.errors import DataFormatError
+from tbkin.data.loaders import load_vqa
+from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
+from tbkin.train.answers import AnswerVocab
+from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
+from tbkin.train.finetune_common import (
+    AttentionSetting,
+    FinetuneSettings,
+    batched,
+    load_backbone,
+    load_head_state,
+    make_head,
+    save_finetuned,
+    train,
+)
+from tbkin.train.loop import cleanup_distributed, setup_distributed
+
+log = logging.getLogger(__name__)
+
+
+class VqaClassifier(nn.Module):
+    """TBKIN encoder + answer classifier on [CLS]; forward -> logits [B, num_answers]."""
+
+    def __init__(self, backbone: TbkinModel, num_answers: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = make_head(backbone.config.hidden_size, num_answers)
+
+    def forward(self, inputs: TbkinInputs) -> torch.Tensor:
+        return self.head(self.backbone(inputs).cls)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple["VqaClassifier", AnswerVocab]:
+        """A model written by finetune-vqa, with the attention setting it was trained with."""
+        vocab = AnswerVocab.load(Path(directory) / "answers.json")
+        model = cls(TbkinModel.from_pretrained(directory), len(vocab))
+        model.head.load_state_dict(load_head_state(directory))
+        return model.eval(), vocab
+
+
+@dataclass
+class VqaQuestion:
+    question_id: int
+    image_id: int
+    text: EncodedText
+    targets: dict[int, float]   # answer index -> soft score (empty without annotations)
+
+
+def load_questions(questions_path: str, annotations_path: str | None, encoder: TextEncoder,
+                   store: RegionStore, vocab: AnswerVocab | None) -> list[VqaQuestion]:
+    """Questions of a split (with soft targets when ``vocab`` and annotations are given)."""
+    dataset = load_vqa(questions_path, annotations_path)
+    missing = [q.image_id for q in dataset.questions if q.image_id not in store]
+    if missing:
+        raise DataFormatError(f"{store.path}: no regions for image {missing[0]} (asked by {questions_path})")
+    encoded = encoder.encode_many([q.question for q in dataset.questions])
+    out = []
+    for q, text in zip(dataset.questions, encoded):
+        targets = vocab.soft_targets([a.answer for a in q.answers]) if vocab is not None and q.answers else {}
+        out.append(VqaQuestion(q.question_id, q.image_id, text, targets))
+    return out
+
+
+def make_inputs(examples: list[VqaQuestion], store: RegionStore, device) -> TbkinInputs:
+    return collate([e.text for e in examples], [store.get(e.image_id) for e in examples]).to(device)
+
+
+def soft_target_matrix(examples: list[VqaQuestion], num_answers: int, device) -> torch.Tensor:
+    target = torch.zeros(len(examples), num_answers)
+    for row, e in enumerate(examples):
+        for idx, score in e.targets.items():
+            target[row, idx] = score
+    return target.to(device)
+
+
+@torch.no_grad()
+def predict(model: VqaClassifier, examples: list[VqaQuestion], store: RegionStore, vocab: AnswerVocab,
+            batch_size: int, device) -> list[dict]:
+    model.eval()
+    predictions = []
+    for idx in batched(len(examples), batch_size):
+        batch = [examples[i] for i in idx]
+        best = model(make_inputs(batch, store, device)).argmax(dim=-1).tolist()
+        predictions += [{"question_id": e.question_id, "answer": vocab.answers[a]} for e, a in zip(batch, best)]
+    return predictions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pretrained", required=True, help="pretrained TBKIN directory")
+    parser.add_argument("--train-questions", required=True)
+    parser.add_argument("--train-annotations", required=True)
+    parser.add_argument("--train-features", required=True, help="region features HDF5 of the training images")
+    parser.add_argument("--eval-questions", required=True, help="questions to predict (val)")
+    parser.add_argument("--eval-features", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--predictions", required=True, help="official results JSON to write")
+    parser.add_argument("--mode", default="threshold", choices=["threshold", "local", "full"])
+    parser.add_argument("--threshold", type=float, default=0.0, help="T (threshold mode); 0 = Base")
+    parser.add_argument("--window", type=int, default=None, help="window (local mode)")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--min-answer-count", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    ctx = setup_distributed(args.device)
+    try:
+        return _run(args, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _run(args: argparse.Namespace, ctx) -> int:
+    attention = AttentionSetting(args.mode, args.threshold, args.window)
+    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    backbone = load_backbone(args.pretrained, attention)
+    encoder = TextEncoder(backbone.tokenizer, backbone.config.max_text_len)
+    train_store, eval_store = RegionStore(args.train_features), RegionStore(args.eval_features)
+    consensus = [q.multiple_choice_answer for q in load_vqa(args.train_questions, args.train_annotations).questions]
+    vocab = AnswerVocab.build(consensus, args.min_answer_count)
+    log.info("answer vocabulary: %d answers (min count %d)", len(vocab), args.min_answer_count)
+    train_set = load_questions(args.train_questions, args.train_annotations, encoder, train_store, vocab)
+    eval_set = load_questions(args.eval_questions, None, encoder, eval_store, None)
+    torch.manual_seed(args.seed)   # the head's initialisation depends on the seed only
+    model = VqaClassifier(backbone, len(vocab))
+    bce = nn.BCEWithLogitsLoss(reduction="sum")
+
+    def batch_loss(module: nn.Module, indices) -> torch.Tensor:
+        batch = [train_set[i] for i in indices]
+        logits = module(make_inputs(batch, train_store, ctx.device)).float()
+        return bce(logits, soft_target_matrix(batch, len(vocab), ctx.device)) / len(batch)
+
+    stats = train(model, len(train_set), batch_loss, settings, ctx, args.out_dir, desc="finetune-vqa")
+    if not ctx.is_main:
+        return 0
+    predictions = predict(model, eval_set, eval_store, vocab, 4 * args.batch_size, ctx.device)
+    vocab.save(Path(args.out_dir) / "answers.json")
+    run_info = {"task": "vqa", "attention": asdict(attention), "seed": args.seed, "settings": asdict(settings),
+                "num_answers": len(vocab), "train_questions": len(train_set), "eval_questions": len(eval_set),
+                "world_size": ctx.world_size, "threads": args.threads, **stats}
+    save_finetuned(args.out_dir, model.backbone, model.head, run_info)
+    write_json(args.predictions, predictions, indent=None)
+    log.info("finetune-vqa: %d steps in %.0f s (%.1f samples/s); %d predictions -> %s",
+             stats["steps"], stats["train_seconds"], stats["samples_per_second"], len(predictions), args.predictions)
+    return 0

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import shutil
@@ -33,9 +34,11 @@ from tbkin.train.loop import (
     DistributedContext,
     JsonlLogger,
     autocast,
+    cleanup_distributed,
     linear_warmup_decay,
     load_checkpoint,
     save_checkpoint,
+    setup_distributed,
     unwrap,
 )
 
@@ -162,3 +165,27 @@ def load_head_state(out_dir: str | Path) -> dict[str, torch.Tensor]:
 
 def batched(num_examples: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, num_examples))) for i in range(0, num_examples, batch_size)]
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments every fine-tuning command shares: attention setting and optimisation."""
+    parser.add_argument("--mode", default="threshold", choices=["threshold", "local", "full"])
+    parser.add_argument("--threshold", type=float, default=0.0, help="T (threshold mode); 0 = Base")
+    parser.add_argument("--window", type=int, default=None, help="window (local mode)")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+
+
+def run_distributed(args: argparse.Namespace, body: Callable) -> int:
+    """Seed, join the torchrun process group (if any), run ``body(args, ctx)``, leave it."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    ctx = setup_distributed(args.device)
+    try:
+        return body(args, ctx)
+    finally:
+        cleanup_distributed()

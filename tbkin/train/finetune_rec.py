@@ -30,6 +30,8 @@ from tbkin.evaluate.rec_boxes import HIT_IOU, RecTargets, decode_deltas, rec_tar
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
 from tbkin.train.finetune_common import (
+    add_training_arguments,
+    run_distributed,
     AttentionSetting,
     FinetuneSettings,
     batched,
@@ -39,7 +41,6 @@ from tbkin.train.finetune_common import (
     save_finetuned,
     train,
 )
-from tbkin.train.loop import cleanup_distributed, setup_distributed
 
 log = logging.getLogger(__name__)
 
@@ -135,25 +136,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-splits", nargs="+", required=True, help="e.g. val testA testB")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--predictions", required=True, help="JSON of predicted boxes per split")
-    parser.add_argument("--mode", default="threshold", choices=["threshold", "local", "full"])
-    parser.add_argument("--threshold", type=float, default=0.0)
-    parser.add_argument("--window", type=int, default=None)
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--lr", type=float, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default=None)
+    add_training_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    ctx = setup_distributed(args.device)
-    try:
-        return _run(args, ctx)
-    finally:
-        cleanup_distributed()
+    return run_distributed(args, _run)
 
 
 def _run(args: argparse.Namespace, ctx) -> int:

@@ -67,10 +67,10 @@ rule finetune_vqa:
         attention=f"--mode threshold --threshold {FT['threshold']}",
         epochs=FT["vqa"]["epochs"],
         seed=config["seed"],
-        launcher=training_launcher(FT["nproc"]),
-        proc_threads=lambda wildcards, threads: max(1, threads // FT["nproc"]),
+        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
+        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
     threads: FT_THREADS
-    resources: mem_mb=6000, runtime=60
+    resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
     log: f"{LOGS}/finetune_vqa.log"
     benchmark: f"{BENCH}/finetune_vqa.tsv"
     conda: "../envs/tbkin.yaml"
@@ -90,10 +90,10 @@ rule finetune_vqa_base:
         attention="--mode threshold --threshold 0",
         epochs=FT["vqa"]["epochs"],
         seed=config["seed"],
-        launcher=training_launcher(FT["nproc"]),
-        proc_threads=lambda wildcards, threads: max(1, threads // FT["nproc"]),
+        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
+        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
     threads: FT_THREADS
-    resources: mem_mb=6000, runtime=60
+    resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
     log: f"{LOGS}/finetune_vqa_base.log"
     benchmark: f"{BENCH}/finetune_vqa_base.tsv"
     conda: "../envs/tbkin.yaml"
@@ -113,10 +113,10 @@ rule finetune_rec:
         attention=f"--mode threshold --threshold {FT['threshold']}",
         epochs=FT["rec"]["epochs"],
         seed=config["seed"],
-        launcher=training_launcher(FT["nproc"]),
-        proc_threads=lambda wildcards, threads: max(1, threads // FT["nproc"]),
+        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
+        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
     threads: FT_THREADS
-    resources: mem_mb=6000, runtime=60
+    resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
     log: f"{LOGS}/finetune_rec.log"
     benchmark: f"{BENCH}/finetune_rec.tsv"
     conda: "../envs/tbkin.yaml"

@@ -17,7 +17,7 @@ rule pretrain:
         config=f"{PRETRAIN_DIR}/config.json",
         log=PRETRAIN_LOG,
     params:
-        launcher=training_launcher(PT["nproc"]),
+        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
         bert_path=MODEL["bert_path"] or "null",
         num_layers=MODEL["num_layers"],
@@ -33,9 +33,10 @@ rule pretrain:
         log_every=PT["log_every"],
         checkpoint_every=PT["checkpoint_every"],
         seed=config["seed"],
-        proc_threads=lambda wildcards, threads: max(1, threads // PT["nproc"]),
+        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
     threads: 256  # all of --cores (Snakemake caps threads at the cores it is given)
     resources:
+        nproc=PT["nproc"],  # processes per node; a profile may override it
         mem_mb=6000,
         runtime=60,
     log:
@@ -44,8 +45,6 @@ rule pretrain:
         f"{BENCH}/pretrain/pretrain.tsv"
     conda: "../envs/tbkin.yaml"
     shell:
-        # Passive OpenMP waiting: spinning threads slow a step tens of times when the
-        # cores are shared with other work.
         "{params.launcher} pretrain --parses {input.parses:q} --features {input.features:q}"
         " --entries {input.entries:q} --out-dir {params.out_dir:q} --bert-path {params.bert_path:q}"
         " --num-layers {params.num_layers} --max-text-len {params.max_text_len} --prune-vocab {params.prune_vocab}"

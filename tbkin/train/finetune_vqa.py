@@ -30,13 +30,13 @@ from tbkin.train.answers import AnswerVocab
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
 from tbkin.train.finetune_common import (
     add_training_arguments,
-    run_distributed,
     AttentionSetting,
-    FinetuneSettings,
     batched,
+    FinetuneSettings,
     load_backbone,
     load_head_state,
     make_head,
+    run_distributed,
     save_finetuned,
     train,
 )

@@ -180,6 +180,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
 
 
+def settings_from_args(args: argparse.Namespace) -> tuple[AttentionSetting, FinetuneSettings]:
+    """The attention setting and optimisation settings given by :func:`add_training_arguments`."""
+    return (AttentionSetting(args.mode, args.threshold, args.window),
+            FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed))
+
+
 def run_distributed(args: argparse.Namespace, body: Callable) -> int:
     """Seed, join the torchrun process group (if any), run ``body(args, ctx)``, leave it."""
     torch.set_num_threads(args.threads)

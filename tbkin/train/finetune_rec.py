@@ -31,14 +31,13 @@ from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
 from tbkin.train.finetune_common import (
     add_training_arguments,
-    AttentionSetting,
     batched,
-    FinetuneSettings,
     load_backbone,
     load_head_state,
     make_head,
     run_distributed,
     save_finetuned,
+    settings_from_args,
     train,
 )
 
@@ -144,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, ctx) -> int:
-    attention = AttentionSetting(args.mode, args.threshold, args.window)
-    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    attention, settings = settings_from_args(args)
     by_split = load_refcoco(args.refs, args.refs_instances).by_split()
     for split in [args.train_split, *args.eval_splits]:
         if not by_split.get(split):

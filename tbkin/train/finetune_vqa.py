@@ -30,14 +30,13 @@ from tbkin.train.answers import AnswerVocab
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
 from tbkin.train.finetune_common import (
     add_training_arguments,
-    AttentionSetting,
     batched,
-    FinetuneSettings,
     load_backbone,
     load_head_state,
     make_head,
     run_distributed,
     save_finetuned,
+    settings_from_args,
     train,
 )
 
@@ -129,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, ctx) -> int:
-    attention = AttentionSetting(args.mode, args.threshold, args.window)
-    settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    attention, settings = settings_from_args(args)
     backbone = load_backbone(args.pretrained, attention)
     encoder = TextEncoder(backbone.tokenizer, backbone.config.max_text_len)
     train_store, eval_store = RegionStore(args.train_features), RegionStore(args.eval_features)

@@ -1,4 +1,4 @@
-"""A throw-away single-node SLURM cluster on 127.0.0.1, for tests.
+"""A throw-away SLURM cluster on 127.0.0.1, for tests: one node, or several.
 
 Uses Debian's ``slurmctld``, ``slurmd`` and ``munge`` packages (installed with
 ``apt-get`` when missing, which needs root). Everything the cluster writes lives in
@@ -7,6 +7,14 @@ spool, logs and pid files, and free TCP ports, so it neither touches nor collide
 with a system-wide SLURM or munge, nor with a second test cluster.
 The daemons run in the foreground as children of this process and are stopped by
 :meth:`SlurmCluster.stop` (also on failure: use it as a context manager).
+
+Several nodes (``SlurmCluster(nodes=2)``) are several ``slurmd`` daemons on this
+machine, started with ``slurmd -N <node>``, each on its own port and with its own
+spool folder, pid file and log (``%n`` in slurm.conf); Debian's build supports that.
+The first node is named after this machine, so that its name resolves (jobs use it,
+e.g. as a rendezvous address); the others are ``<host>-node2`` ... and are reached
+only through their NodeAddr, 127.0.0.1. Every node offers all of this machine's
+CPUs, memory and (fake) GPUs, so a job spanning nodes oversubscribes the machine.
 
 Client commands (``sbatch``, ``squeue``, ``srun`` ...) find the cluster through
 ``SLURM_CONF``; :attr:`SlurmCluster.env` is ``os.environ`` plus that variable, and a
@@ -94,23 +102,22 @@ def node_hardware() -> str:
 
 
 SLURM_CONF = """\
-# Single-node test cluster (written by tests/slurm_cluster.py)
+# Test cluster on 127.0.0.1 (written by tests/slurm_cluster.py)
 ClusterName=tbkintest
 GresTypes=gpu
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -129,21 +136,26 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
-NodeName={node} NodeAddr=127.0.0.1 NodeHostname={host} {hardware} {gres}State=UNKNOWN
-PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
+{node_lines}PartitionName={partition} Nodes={nodes} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class SlurmCluster:
     """Start with :meth:`start` (or ``with``); always :meth:`stop`."""
 
-    def __init__(self, base_dir: str | Path | None = None, start_timeout: float = 60, fake_gpus: int = 2):
+    def __init__(self, base_dir: str | Path | None = None, start_timeout: float = 60, fake_gpus: int = 2,
+                 nodes: int = 1):
         if not 0 <= fake_gpus <= len(FAKE_GPU_FILES):
             raise ValueError(f"fake_gpus must be between 0 and {len(FAKE_GPU_FILES)}")
+        if nodes < 1:
+            raise ValueError(f"nodes must be at least 1, got {nodes}")
         self.fake_gpus = fake_gpus
-        # The node is named after this machine, as on a real cluster, so that its name
-        # resolves (jobs use it, e.g. as a rendezvous address); it listens on 127.0.0.1.
-        self.node = socket.gethostname().split(".")[0]
+        # The first node is named after this machine, as on a real cluster, so that its
+        # name resolves (jobs use it, e.g. as a rendezvous address; SLURM lists a job's
+        # nodes in the order of slurm.conf). Further nodes are more slurmd daemons here.
+        self.host = socket.gethostname().split(".")[0]
+        self.nodes = [self.host] + [f"{self.host}-node{i}" for i in range(2, nodes + 1)]
+        self.node = self.nodes[0]
         self.root = Path(tempfile.mkdtemp(prefix="tbkin-slurm-", dir=base_dir))
         self.start_timeout = start_timeout
         self.conf = self.root / "slurm.conf"
@@ -176,18 +188,23 @@ class SlurmCluster:
         self._write_srun_wrapper()
         (self.root / "munge").mkdir(mode=0o755)  # munged wants its socket folder searchable
         self._start_munge()
-        ctld_port, slurmd_port = free_ports(2)
+        ctld_port, *slurmd_ports = free_ports(1 + len(self.nodes))
         # slurmd reads gres.conf from the folder of slurm.conf.
         (self.root / "gres.conf").write_text("AutoDetect=off\n" + "".join(
-            f"NodeName={self.node} Name=gpu File={dev}\n" for dev in FAKE_GPU_FILES[:self.fake_gpus]))
+            f"NodeName={node} Name=gpu File={dev}\n"
+            for node in self.nodes for dev in FAKE_GPU_FILES[:self.fake_gpus]))
+        # Every node offers all of this machine's CPUs and memory (slurmd checks them).
+        hardware, gres = node_hardware(), f"Gres=gpu:{self.fake_gpus} " if self.fake_gpus else ""
         self.conf.write_text(SLURM_CONF.format(
-            host=self.node, ctld_port=ctld_port, slurmd_port=slurmd_port,
-            munge_socket=self.munge_socket, root=self.root, node=self.node,
-            hardware=node_hardware(), partition=PARTITION,
-            gres=f"Gres=gpu:{self.fake_gpus} " if self.fake_gpus else "",
+            host=self.host, ctld_port=ctld_port, munge_socket=self.munge_socket, root=self.root,
+            partition=PARTITION, nodes=",".join(self.nodes), node_lines="".join(
+                f"NodeName={node} NodeAddr=127.0.0.1 NodeHostname={self.host} Port={port} {hardware} {gres}"
+                "State=UNKNOWN\n" for node, port in zip(self.nodes, slurmd_ports)),
         ))
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
-        self._spawn("slurmd", ["slurmd", "-D", "-N", self.node, "-f", str(self.conf)])
+        for node in self.nodes:
+            (self.root / "spool" / node).mkdir(mode=0o700)
+            self._spawn(f"slurmd-{node}", ["slurmd", "-D", "-N", node, "-f", str(self.conf)])
         self._wait_idle()
 
     def stop(self) -> None:
@@ -201,7 +218,7 @@ class SlurmCluster:
             while time.monotonic() < deadline and self.run(
                     "squeue", "--noheader", "--states=PENDING,RUNNING,COMPLETING,SUSPENDED", check=False).stdout.strip():
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in (*(f"slurmd-{node}" for node in self.nodes), "slurmctld", "munged"):
             proc = self._procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -243,7 +260,7 @@ class SlurmCluster:
         return PARTITION
 
     def hardware(self) -> dict[str, int]:
-        """CPUs, RealMemory (MB) and (fake) GPUs of the node, as configured."""
+        """CPUs, RealMemory (MB) and (fake) GPUs of each node, as configured."""
         text = self.conf.read_text()
         return {
             "cpus": int(re.search(r"\bCPUs=(\d+)", text).group(1)),
@@ -261,6 +278,11 @@ class SlurmCluster:
         for path in sorted((self.root / "log").glob("*.log")):
             parts.append(f"--- {path.name} ---\n" + path.read_text(errors="replace")[-4000:])
         return "\n".join(parts)
+
+    def slurmd_log(self, node: str) -> str:
+        """The log of one node's slurmd (e.g. its "launch task StepId=..." lines)."""
+        path = self.root / "log" / f"slurmd-{node}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def _write_srun_wrapper(self) -> None:
         srun = shutil.which("srun", path=self.daemon_env["PATH"])
@@ -286,11 +308,12 @@ class SlurmCluster:
         self._wait(lambda: self.munge_socket.exists(), "munged socket")
 
     def _wait_idle(self) -> None:
-        def node_idle() -> bool:
-            out = self.run("sinfo", "--noheader", "--format=%T", "--nodes", self.node, check=False).stdout
-            return out.strip().rstrip("*") == "idle"
+        def nodes_idle() -> bool:
+            out = self.run("sinfo", "--noheader", "--Node", "--format=%N %T", check=False).stdout
+            states = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+            return all(states.get(node, "").rstrip("*") == "idle" for node in self.nodes)
 
-        self._wait(node_idle, f"node {self.node} idle in sinfo")
+        self._wait(nodes_idle, f"nodes {','.join(self.nodes)} idle in sinfo")
 
     def _wait(self, ready, what: str) -> None:
         deadline = time.monotonic() + self.start_timeout

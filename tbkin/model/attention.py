@@ -27,7 +27,8 @@ standard attention (it takes the standard code path).
 Implementation note: the second softmax over the kept keys equals the first
 softmax renormalised over the kept keys (``W' = W·keep / Σ W·keep``, the common
 factor exp(-logsumexp) cancels). :class:`_ThresholdSoftmax` computes that in its
-forward pass and uses the ordinary softmax backward with W' as the output, so the
+forward pass (softmax, one fused threshold pass, a row sum and a division; the guard
+costs extra passes only when some row has lost every key) and uses the ordinary softmax backward with W' as the output, so the
 backward pass costs what standard attention's does. :func:`naive_threshold_softmax`
 spells the two softmaxes out; the tests check both agree (values and gradients).
 
@@ -72,12 +73,18 @@ class _ThresholdSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: torch.Tensor, threshold: float) -> torch.Tensor:
         weights = torch.softmax(scores, dim=-1)
-        # Keeping w >= min(T, row max) is "w >= T, or w is the row's largest" (the guard).
-        cut = weights.amax(dim=-1, keepdim=True).clamp_(max=threshold)
-        weights.masked_fill_(weights < cut, 0.0)
-        weights.div_(weights.sum(dim=-1, keepdim=True))
-        ctx.save_for_backward(weights)
-        return weights
+        # One fused pass keeps w > below(T), i.e. w >= T in the weights' own precision.
+        kept = nn.functional.threshold(weights, _just_below(threshold, weights.dtype), 0.0)
+        total = kept.sum(dim=-1, keepdim=True)
+        empty = total == 0
+        if bool(empty.any()):
+            # The guard: a row whose weights are all below T keeps its largest one.
+            row_max = weights == weights.amax(dim=-1, keepdim=True)
+            kept = torch.where(empty & row_max, weights, kept)
+            total = kept.sum(dim=-1, keepdim=True)
+        kept.div_(total)
+        ctx.save_for_backward(kept)
+        return kept
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
@@ -85,6 +92,12 @@ class _ThresholdSoftmax(torch.autograd.Function):
         # Softmax's own backward with the renormalised weights as its output; dropped keys
         # (weight 0) get zero gradient, exactly as through the second softmax.
         return torch._softmax_backward_data(grad_output, kept, -1, kept.dtype), None
+
+
+def _just_below(threshold: float, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` below ``threshold``: ``w > it`` is ``w >= threshold``."""
+    t = torch.tensor(threshold, dtype=dtype)
+    return float(torch.nextafter(t, torch.tensor(float("-inf"), dtype=dtype)))
 
 
 def threshold_softmax(scores: torch.Tensor, mask: torch.Tensor | None, threshold: float) -> torch.Tensor:

@@ -179,6 +179,11 @@ def test_written_regions_read_back_equal(tmp_path):
             assert regions.valid().features.shape == (k, 7)
         with pytest.raises(Exception, match="image id 4"):
             reader.get(4)
+        # Statistics over the real regions only (padding rows are zeros and would bias them).
+        real = np.concatenate([row["features"] for row in rows.values()])
+        mean, std = reader.feature_statistics(chunk=2)
+        np.testing.assert_allclose(mean, real.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(std, real.std(axis=0), rtol=1e-4, atol=1e-6)
 
 
 def test_writer_leaves_no_file_on_error(tmp_path):

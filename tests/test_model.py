@@ -45,14 +45,24 @@ def test_output_shapes_and_views():
     assert model(tiny_inputs()).attentions is None
 
 
-def test_region_embedding_is_sum_of_two_layer_norms():
+def test_region_embedding_is_sum_of_two_layer_norms_over_standardised_features():
     model = TbkinModel(tiny_config()).eval()
     inputs = tiny_inputs()
     emb = model.region_embeddings
-    expected = emb.feature_norm(emb.feature_proj(inputs.region_features)) + emb.position_norm(
+    mean, std = torch.linspace(-1, 1, 6), torch.tensor([0.5, 1, 2, 3, 0, 1.5])
+    emb.set_feature_statistics(mean, std)
+    standardised = (inputs.region_features - mean) / torch.tensor([0.5, 1, 2, 3, 1, 1.5])  # constant dim: centred only
+    expected = emb.feature_norm(emb.feature_proj(standardised)) + emb.position_norm(
         emb.position_proj(inputs.region_positions))
     torch.testing.assert_close(emb(inputs.region_features, inputs.region_positions), expected)
     assert emb.position_proj.in_features == 5
+
+
+def test_from_bert_starts_region_layer_norms_at_the_text_scale(bert_dir):
+    model = TbkinModel.from_bert(bert_dir, num_layers=1, region_feature_dim=6, num_region_labels=3)
+    text_gain = model.embeddings.LayerNorm.weight
+    for norm in (model.region_embeddings.feature_norm, model.region_embeddings.position_norm):
+        torch.testing.assert_close(norm.weight, text_gain / 2**0.5)
 
 
 def test_padding_does_not_change_real_tokens():
@@ -116,6 +126,7 @@ def test_save_and_load_round_trip(tmp_path, bert_dir):
     tokenizer = load_tokenizer(bert_dir)
     model = TbkinModel(tiny_config(vocab_size=len(tokenizer)), tokenizer=tokenizer).eval()
     model.set_attention("threshold", 0.1)
+    model.region_embeddings.set_feature_statistics(torch.arange(6.0), torch.full((6,), 2.0))
     model.save_pretrained(tmp_path / "ckpt")
     for name in ("model.safetensors", "config.json", "tokenizer.json"):
         assert (tmp_path / "ckpt" / name).is_file()
@@ -123,6 +134,7 @@ def test_save_and_load_round_trip(tmp_path, bert_dir):
     assert loaded.config.attention_mode == "threshold" and loaded.config.attention_threshold == 0.1
     inputs = tiny_inputs()
     assert torch.equal(loaded(inputs).sequence, model(inputs).sequence)
+    assert torch.equal(loaded.region_embeddings.feature_mean, torch.arange(6.0))  # statistics travel along
     assert loaded.tokenizer("a red circle")["input_ids"] == tokenizer("a red circle")["input_ids"]
     overridden = TbkinModel.from_pretrained(tmp_path / "ckpt", attention_mode="full", attention_threshold=0.0)
     assert overridden.config.attention_mode == "full"

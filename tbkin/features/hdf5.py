@@ -271,6 +271,25 @@ class RegionFeatureReader:
             label_names=self.label_names,
         )
 
+    def feature_statistics(self, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and standard deviation over every real region (not padding)."""
+        h = self._handle()
+        total = np.zeros(self.feature_dim, np.float64)
+        squares = np.zeros(self.feature_dim, np.float64)
+        count = 0
+        for start in range(0, len(self.image_ids), chunk):
+            features = h["features"][start : start + chunk].astype(np.float64)
+            real = np.arange(self.num_regions)[None, :] < h["num_boxes"][start : start + chunk][:, None]
+            rows = features[real]
+            total += rows.sum(axis=0)
+            squares += (rows**2).sum(axis=0)
+            count += len(rows)
+        if count == 0:
+            raise FeatureFileError(f"{self.path}: no detected regions at all, cannot compute feature statistics")
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        return mean.astype(np.float32), std.astype(np.float32)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

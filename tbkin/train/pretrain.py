@@ -342,6 +342,7 @@ def build(settings: PretrainSettings, parses: str, features: str, entries: str |
         max_text_len=settings.max_text_len,
         max_regions=store.num_regions,
     )
+    model.region_embeddings.set_feature_statistics(*store.reader.feature_statistics())
     return tokenizer, batches, PretrainingModel(model)
 
 

@@ -28,8 +28,9 @@ Implementation note: the second softmax over the kept keys equals the first
 softmax renormalised over the kept keys (``W' = W·keep / Σ W·keep``, the common
 factor exp(-logsumexp) cancels). :class:`_ThresholdSoftmax` computes that in its
 forward pass (softmax, one fused threshold pass, a row sum and a division; the guard
-costs extra passes only when some row has lost every key) and uses the ordinary softmax backward with W' as the output, so the
-backward pass costs what standard attention's does. :func:`naive_threshold_softmax`
+costs extra passes only when some row has lost every key) and uses the ordinary
+softmax backward with W' as the output, so the backward pass costs what standard
+attention's does. :func:`naive_threshold_softmax`
 spells the two softmaxes out; the tests check both agree (values and gradients).
 
 Local attention (the paper's Table 2 baseline): each query attends to the keys

@@ -42,6 +42,8 @@ A query always sees itself, so no row is empty.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from transformers import AttentionInterface
@@ -95,6 +97,7 @@ class _ThresholdSoftmax(torch.autograd.Function):
         return torch._softmax_backward_data(grad_output, kept, -1, kept.dtype), None
 
 
+@functools.lru_cache(maxsize=64)
 def _just_below(threshold: float, dtype: torch.dtype) -> float:
     """The largest value of ``dtype`` below ``threshold``: ``w > it`` is ``w >= threshold``."""
     t = torch.tensor(threshold, dtype=dtype)

@@ -140,3 +140,27 @@ def test_save_and_load_round_trip(tmp_path, bert_dir):
     assert overridden.config.attention_mode == "full"
     with pytest.raises(CheckpointError):
         TbkinModel.from_pretrained(tmp_path / "missing")
+
+
+def test_collate_drops_region_slots_that_are_padding_in_every_row():
+    from tbkin.train.data import RegionTensors, collate
+
+    g = torch.Generator().manual_seed(1)
+
+    def image(num_boxes, m=6):
+        labels = torch.full((m,), -1)
+        labels[:num_boxes] = 1
+        features = torch.randn(m, 6, generator=g) * (torch.arange(m) < num_boxes)[:, None]
+        return RegionTensors(0, features, torch.rand(m, 5, generator=g), torch.zeros(m, 4), labels,
+                             torch.zeros(m), num_boxes, 10, 10)
+
+    images = [image(2), image(4), image(0)]
+    texts = [[2, 7, 8, 3], [2, 9, 3], [2, 11, 12, 13, 3]]
+    trimmed = collate(texts, images)
+    assert trimmed.region_features.shape == (3, 4, 6) and trimmed.region_mask.sum(1).tolist() == [2, 4, 0]
+    assert collate(texts[2:], images[2:]).region_mask.shape == (1, 1)   # no detections: one masked slot
+
+    full = TbkinInputs(trimmed.input_ids, trimmed.text_mask, torch.stack([r.features for r in images]),
+                       torch.stack([r.positions for r in images]), torch.stack([r.mask for r in images]))
+    model = TbkinModel(tiny_config(max_regions=6)).eval()
+    torch.testing.assert_close(model(trimmed).sequence, model(full).sequence[:, :trimmed.input_ids.shape[1] + 4])

@@ -143,12 +143,23 @@ def collate(
     regions: Sequence[RegionTensors],
     text_length: int | None = None,
 ) -> TbkinInputs:
-    """Batch texts and regions into :class:`TbkinInputs`."""
+    """Batch texts and regions into :class:`TbkinInputs`.
+
+    Region slots past the batch's largest ``num_boxes`` are dropped: they are padding in
+    every row, and most images have far fewer detections than m, so the sequence (and
+    the cost of every layer) shrinks. Per-region targets are cut with :func:`region_slots`.
+    """
     input_ids = pad_text(texts, text_length)
+    slots = region_slots(regions)
     return TbkinInputs(
         input_ids=input_ids,
         text_mask=input_ids != 0,
-        region_features=torch.stack([r.features for r in regions]),
-        region_positions=torch.stack([r.positions for r in regions]),
-        region_mask=torch.stack([r.mask for r in regions]),
+        region_features=torch.stack([r.features[:slots] for r in regions]),
+        region_positions=torch.stack([r.positions[:slots] for r in regions]),
+        region_mask=torch.stack([r.mask[:slots] for r in regions]),
     )
+
+
+def region_slots(regions: Sequence[RegionTensors]) -> int:
+    """Region slots a batch of these images keeps: its largest ``num_boxes`` (at least 1)."""
+    return max(1, max(r.num_boxes for r in regions))

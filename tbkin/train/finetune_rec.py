@@ -96,10 +96,10 @@ def make_inputs(examples: list[RecExample], store: RegionStore, device) -> Tbkin
 
 def rec_loss(scores: torch.Tensor, deltas: torch.Tensor, examples: list[RecExample]) -> torch.Tensor:
     """Soft cross-entropy of the rank scores + SmoothL1 of the positives' deltas."""
-    device = scores.device
-    rank = torch.stack([e.targets.rank for e in examples]).to(device)
-    positive = torch.stack([e.targets.positive for e in examples]).to(device)
-    target_deltas = torch.stack([e.targets.deltas for e in examples]).to(device)
+    device, slots = scores.device, scores.shape[-1]   # the batch's region slots (see collate)
+    rank = torch.stack([e.targets.rank[:slots] for e in examples]).to(device)
+    positive = torch.stack([e.targets.positive[:slots] for e in examples]).to(device)
+    target_deltas = torch.stack([e.targets.deltas[:slots] for e in examples]).to(device)
     rank_loss = -(rank * F.log_softmax(scores, dim=-1)).sum(-1).mean()
     box_loss = F.smooth_l1_loss(deltas[positive], target_deltas[positive])
     return rank_loss + box_loss

@@ -236,7 +236,7 @@ class PretrainBatches:
         corrupted, labels = masking.corrupt_words(inputs.input_ids, mlm | skm_text, self.mask_token_id, self.random_ids, g)
         ignore = torch.full_like(labels, masking.IGNORE_INDEX)
         region_targets = inputs.region_features
-        label_targets = torch.stack([r.labels for r in regions])
+        label_targets = torch.stack([r.labels[:num_regions] for r in regions])
         masked_features = region_targets.masked_fill((mrm | skm_regions)[..., None], 0.0)
         masked_inputs = TbkinInputs(
             input_ids=corrupted,

@@ -25,6 +25,7 @@ VQA_FT_PARAMS = dict(
     batch_size=FT["vqa"]["batch_size"],
     lr=FT["vqa"]["lr"],
     min_answer_count=FT["vqa"]["min_answer_count"],
+    readout=FT["vqa"]["readout"],
 )
 VQA_FT_SHELL = (
     "{params.launcher} finetune-vqa --pretrained {params.pretrained}"
@@ -32,7 +33,7 @@ VQA_FT_SHELL = (
     " --train-features {input.train_features} --eval-questions {params.val_questions}"
     " --eval-features {input.val_features} --out-dir {params.out_dir} --predictions {output.predictions}"
     " {params.attention} --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-    " --min-answer-count {params.min_answer_count} --seed {params.seed} --threads {params.proc_threads}"
+    " --min-answer-count {params.min_answer_count} --readout {params.readout} --seed {params.seed} --threads {params.proc_threads}"
     " > {log} 2>&1"
 )
 

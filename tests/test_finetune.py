@@ -135,6 +135,37 @@ def test_finetune_vqa_learns_and_writes_official_predictions(fixture_data, tmp_p
     assert predict(model, examples, store, vocab, 16, "cpu") == predictions
 
 
+def test_readout_cls_and_regions_adds_the_mean_of_the_real_region_outputs():
+    from tbkin.model.modeling_tbkin import TbkinConfig, TbkinInputs, TbkinModel
+    from tbkin.train.finetune_vqa import VqaClassifier
+
+    config = TbkinConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, region_feature_dim=4, num_region_labels=3, max_text_len=6, max_regions=3)
+    torch.manual_seed(0)
+    model = VqaClassifier(TbkinModel(config), 5, "cls_and_regions").eval()
+    region_mask = torch.tensor([[True, True, False], [True, False, False]])
+    inputs = TbkinInputs(torch.tensor([[2, 7, 3], [2, 8, 3]]), torch.ones(2, 3, dtype=torch.bool),
+                         torch.randn(2, 3, 4), torch.rand(2, 3, 5), region_mask)
+    out = model.backbone(inputs)
+    expected = torch.stack([out.cls[0] + out.regions[0, :2].mean(0), out.cls[1] + out.regions[1, 0]])
+    torch.testing.assert_close(model(inputs), model.head(expected))
+    with pytest.raises(ValueError, match="readout"):
+        VqaClassifier(TbkinModel(config), 5, "regions")
+
+
+def test_finetune_vqa_readout_is_saved_and_restored(fixture_data, tmp_path):
+    pred_path = _finetune_vqa(fixture_data, tmp_path, "--readout", "cls_and_regions", "--epochs", "1")
+    assert json.loads((tmp_path / "model" / "run.json").read_text())["readout"] == "cls_and_regions"
+    from tbkin.train.data import RegionStore, TextEncoder
+    from tbkin.train.finetune_vqa import VqaClassifier, load_questions, predict
+
+    model, vocab = VqaClassifier.load(tmp_path / "model")
+    assert model.readout == "cls_and_regions"
+    store = RegionStore(fixture_data["root"] / "val.h5")
+    examples = load_questions(str(fixture_data["files"]["val"][0]), None, TextEncoder(model.backbone.tokenizer, 12), store, None)
+    assert predict(model, examples, store, vocab, 16, "cpu") == json.loads(pred_path.read_text())
+
+
 def test_finetune_vqa_local_window_runs(fixture_data, tmp_path):
     _finetune_vqa(fixture_data, tmp_path, "--mode", "local", "--window", "3", "--epochs", "1")
     run_info = json.loads((tmp_path / "model" / "run.json").read_text())

@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "threshold": attention["threshold"] if attention["mode"] == "threshold" else 0.0,
         "attention": attention,
+        "readout": info.get("readout", "cls"),
         "seed": info.get("seed"),
         **result,
         "predictions": args.predictions,

@@ -163,6 +163,14 @@ def load_head_state(out_dir: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(out_dir) / HEAD_NAME))
 
 
+def read_run_info(out_dir: str | Path) -> dict:
+    """The ``run.json`` of a finished fine-tuning run; {} when there is none."""
+    from tbkin.evaluate.vqa import read_json
+
+    path = Path(out_dir) / RUN_INFO
+    return read_json(str(path)) if path.exists() else {}
+
+
 def batched(num_examples: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, num_examples))) for i in range(0, num_examples, batch_size)]
 

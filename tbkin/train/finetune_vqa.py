@@ -2,8 +2,8 @@
 
 Starts from the pretrained TBKIN directory, switches every attention layer to
 threshold attention with T = ``finetune.threshold`` (or another setting for the
-ablation), puts the classifier Linear -> GELU -> LN -> Linear on [CLS] over the
-answer vocabulary (:mod:`tbkin.train.answers`) and trains with BCE on the soft
+ablation), puts the classifier Linear -> GELU -> LN -> Linear on [CLS] (``--readout``: or [CLS] +
+the mean region output) over the answer vocabulary (:mod:`tbkin.train.answers`) and trains with BCE on the soft
 scores (summed over answers, averaged over the batch, as in ROSITA / MCAN). Then
 predicts the arg-max answer of every question of the evaluation split and writes
 them in the official results format ``[{"question_id", "answer"}]``.
@@ -33,6 +33,7 @@ from tbkin.train.finetune_common import (
     batched,
     load_backbone,
     load_head_state,
+    read_run_info,
     make_head,
     run_distributed,
     save_finetuned,
@@ -43,22 +44,41 @@ from tbkin.train.finetune_common import (
 log = logging.getLogger(__name__)
 
 
-class VqaClassifier(nn.Module):
-    """TBKIN encoder + answer classifier on [CLS]; forward -> logits [B, num_answers]."""
+READOUTS = ("cls", "cls_and_regions")
 
-    def __init__(self, backbone: TbkinModel, num_answers: int):
+
+class VqaClassifier(nn.Module):
+    """TBKIN encoder + answer classifier; forward -> logits [B, num_answers].
+
+    ``readout="cls"`` (the paper) feeds the [CLS] output to the classifier.
+    ``"cls_and_regions"`` feeds [CLS] + the mean of the real regions' outputs: every
+    region output then gets a direct gradient from the answer loss, instead of only
+    through [CLS]'s attention to the regions, which learns slowly from BERT weights.
+    """
+
+    def __init__(self, backbone: TbkinModel, num_answers: int, readout: str = "cls"):
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"unknown VQA readout {readout!r}; expected one of {READOUTS}")
         self.backbone = backbone
+        self.readout = readout
         self.head = make_head(backbone.config.hidden_size, num_answers)
 
     def forward(self, inputs: TbkinInputs) -> torch.Tensor:
-        return self.head(self.backbone(inputs).cls)
+        out = self.backbone(inputs)
+        features = out.cls
+        if self.readout == "cls_and_regions":
+            real = inputs.region_mask[..., None].to(out.regions.dtype)
+            features = features + (out.regions * real).sum(1) / real.sum(1).clamp(min=1)
+        return self.head(features)
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple["VqaClassifier", AnswerVocab]:
-        """A model written by finetune-vqa, with the attention setting it was trained with."""
-        vocab = AnswerVocab.load(Path(directory) / "answers.json")
-        model = cls(TbkinModel.from_pretrained(directory), len(vocab))
+        """A model written by finetune-vqa, with the attention setting and readout it was trained with."""
+        directory = Path(directory)
+        vocab = AnswerVocab.load(directory / "answers.json")
+        readout = read_run_info(directory).get("readout", "cls")
+        model = cls(TbkinModel.from_pretrained(directory), len(vocab), readout)
         model.head.load_state_dict(load_head_state(directory))
         return model.eval(), vocab
 
@@ -120,6 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--predictions", required=True, help="official results JSON to write")
     parser.add_argument("--min-answer-count", type=int, required=True)
+    parser.add_argument("--readout", choices=READOUTS, default="cls",
+                        help="classifier input: [CLS] (the paper) or [CLS] + mean region output")
     add_training_arguments(parser)
 
 
@@ -138,7 +160,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
     train_set = load_questions(args.train_questions, args.train_annotations, encoder, train_store, vocab)
     eval_set = load_questions(args.eval_questions, None, encoder, eval_store, None)
     torch.manual_seed(args.seed)   # the head's initialisation depends on the seed only
-    model = VqaClassifier(backbone, len(vocab))
+    model = VqaClassifier(backbone, len(vocab), args.readout)
     bce = nn.BCEWithLogitsLoss(reduction="sum")
 
     def batch_loss(module: nn.Module, indices) -> torch.Tensor:
@@ -151,7 +173,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
         return 0
     predictions = predict(model, eval_set, eval_store, vocab, 4 * args.batch_size, ctx.device)
     vocab.save(Path(args.out_dir) / "answers.json")
-    run_info = {"task": "vqa", "attention": asdict(attention), "seed": args.seed, "settings": asdict(settings),
+    run_info = {"task": "vqa", "attention": asdict(attention), "readout": args.readout, "seed": args.seed, "settings": asdict(settings),
                 "num_answers": len(vocab), "train_questions": len(train_set), "eval_questions": len(eval_set),
                 "world_size": ctx.world_size, "threads": args.threads, **stats}
     save_finetuned(args.out_dir, model.backbone, model.head, run_info)

@@ -147,10 +147,11 @@ def collate(
 
     Region slots past the batch's largest ``num_boxes`` are dropped: they are padding in
     every row, and most images have far fewer detections than m, so the sequence (and
-    the cost of every layer) shrinks. Per-region targets are cut with :func:`region_slots`.
+    the cost of every layer) shrinks. Per-region targets are cut to the same
+    ``region_mask.shape[1]`` slots by their users.
     """
     input_ids = pad_text(texts, text_length)
-    slots = region_slots(regions)
+    slots = max(1, max(r.num_boxes for r in regions))
     return TbkinInputs(
         input_ids=input_ids,
         text_mask=input_ids != 0,
@@ -158,8 +159,3 @@ def collate(
         region_positions=torch.stack([r.positions[:slots] for r in regions]),
         region_mask=torch.stack([r.mask[:slots] for r in regions]),
     )
-
-
-def region_slots(regions: Sequence[RegionTensors]) -> int:
-    """Region slots a batch of these images keeps: its largest ``num_boxes`` (at least 1)."""
-    return max(1, max(r.num_boxes for r in regions))

@@ -2,11 +2,12 @@
 
 Starts from the pretrained TBKIN directory, switches every attention layer to
 threshold attention with T = ``finetune.threshold`` (or another setting for the
-ablation), puts the classifier Linear -> GELU -> LN -> Linear on [CLS] (``--readout``: or [CLS] +
-the mean region output) over the answer vocabulary (:mod:`tbkin.train.answers`) and trains with BCE on the soft
-scores (summed over answers, averaged over the batch, as in ROSITA / MCAN). Then
-predicts the arg-max answer of every question of the evaluation split and writes
-them in the official results format ``[{"question_id", "answer"}]``.
+ablation), puts the classifier Linear -> GELU -> LN -> Linear on [CLS] (or, with
+``--readout cls_and_regions``, on [CLS] + the mean region output) over the answer
+vocabulary (:mod:`tbkin.train.answers`) and trains with BCE on the soft scores
+(summed over answers, averaged over the batch, as in ROSITA / MCAN). Then predicts
+the arg-max answer of every question of the evaluation split and writes them in the
+official results format ``[{"question_id", "answer"}]``.
 
 Outputs in ``--out-dir``: ``model.safetensors`` + ``config.json`` + tokenizer files
 (the fine-tuned encoder, attention setting in its config), ``head.safetensors``,
@@ -33,8 +34,8 @@ from tbkin.train.finetune_common import (
     batched,
     load_backbone,
     load_head_state,
-    read_run_info,
     make_head,
+    read_run_info,
     run_distributed,
     save_finetuned,
     settings_from_args,
@@ -173,7 +174,8 @@ def _run(args: argparse.Namespace, ctx) -> int:
         return 0
     predictions = predict(model, eval_set, eval_store, vocab, 4 * args.batch_size, ctx.device)
     vocab.save(Path(args.out_dir) / "answers.json")
-    run_info = {"task": "vqa", "attention": asdict(attention), "readout": args.readout, "seed": args.seed, "settings": asdict(settings),
+    run_info = {"task": "vqa", "attention": asdict(attention), "readout": args.readout, "seed": args.seed,
+                "settings": asdict(settings),
                 "num_answers": len(vocab), "train_questions": len(train_set), "eval_questions": len(eval_set),
                 "world_size": ctx.world_size, "threads": args.threads, **stats}
     save_finetuned(args.out_dir, model.backbone, model.head, run_info)

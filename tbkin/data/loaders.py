@@ -190,13 +190,16 @@ def _type_names(types) -> str:
     return " or ".join(t.__name__ for t in _as_tuple(types))
 
 
-def _read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike) -> Any:
+    """Parsed JSON file; a DataFormatError naming the file when it is missing, unreadable or not JSON."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             return json.load(fh)
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataFormatError(f"{path}: cannot read: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataFormatError(f"{path}: not valid JSON: {exc}") from None
 
@@ -243,7 +246,7 @@ def check_image_files(path: Path, images: Iterable[CocoImage], images_dir: str |
 def load_coco_instances(path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> CocoInstances:
     """COCO ``instances`` JSON; with ``images_dir``, also check every image file exists."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     images = _images(path, data)
     categories: dict[int, CocoCategory] = {}
     for i, raw in enumerate(_top_list(path, data, "categories")):
@@ -276,7 +279,7 @@ def load_coco_instances(path: str | os.PathLike, images_dir: str | os.PathLike |
 
 def load_coco_captions(path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> CocoCaptions:
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     images = _images(path, data)
     captions = []
     for i, raw in enumerate(_top_list(path, data, "annotations")):
@@ -297,7 +300,7 @@ def load_vqa(questions_path: str | os.PathLike, annotations_path: str | os.PathL
     """VQA v2 questions (+ annotations). ``known_image_ids``: every question's image
     must be one of them (e.g. the ids of the split's COCO images)."""
     qpath = Path(questions_path)
-    qdata = _read_json(qpath)
+    qdata = read_json(qpath)
     raw_questions = _top_list(qpath, qdata, "questions")
     questions: dict[int, VqaQuestion] = {}
     for i, raw in enumerate(raw_questions):
@@ -313,7 +316,7 @@ def load_vqa(questions_path: str | os.PathLike, annotations_path: str | os.PathL
         return VqaDataset(qpath, None, subtype, list(questions.values()))
 
     apath = Path(annotations_path)
-    adata = _read_json(apath)
+    adata = read_json(apath)
     annotated: dict[int, VqaQuestion] = {}
     for i, raw in enumerate(_top_list(apath, adata, "annotations")):
         qid = raw.get("question_id") if isinstance(raw, dict) else None

@@ -19,10 +19,9 @@ import logging
 import torch
 
 from tbkin.atomic import write_json
-from tbkin.data.loaders import Ref, load_refcoco
+from tbkin.data.loaders import Ref, load_refcoco, read_json
 from tbkin.errors import DataFormatError
 from tbkin.evaluate.rec_boxes import is_hit, xywh_to_xyxy
-from tbkin.evaluate.vqa import read_json
 
 log = logging.getLogger(__name__)
 

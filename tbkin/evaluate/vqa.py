@@ -17,28 +17,17 @@ Output JSON (see README "Evaluation")::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import asdict
 from typing import Iterable, Mapping
 
 from tbkin.atomic import write_json
-from tbkin.data.loaders import VqaQuestion, load_vqa
+from tbkin.data.loaders import VqaQuestion, load_vqa, read_json
 from tbkin.errors import DataFormatError
 from tbkin.evaluate.vqa_metric import VqaAccuracy, vqa_accuracy
 
 log = logging.getLogger(__name__)
-
-
-def read_json(path: str) -> object:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except OSError as exc:
-        raise DataFormatError(f"cannot read {path}: {exc}") from None
-    except ValueError as exc:
-        raise DataFormatError(f"{path} is not valid JSON: {exc}") from None
 
 
 def official_annotation(question: VqaQuestion) -> dict:

@@ -23,9 +23,10 @@ Embeddings (the paper's "Feature representations"):
   probe fine-tuned from the BERT initialisation stayed at its base rate for 300
   steps on raw features and reached 98% on standardised ones.
 
-The sequence is the text (``max_text_len`` slots, ``[CLS] … [SEP]`` then padding)
-followed by the regions (``max_regions`` slots, then padding); the padding mask hides
-padded slots from every key. The encoder is transformers' :class:`BertEncoder`
+The sequence is the text (``[CLS] … [SEP]``, at most ``max_text_len`` slots, padded
+to the batch's longest) followed by the regions (at most ``max_regions`` slots, padded
+to the batch's largest detection count); the padding mask hides padded slots from
+every key. The encoder is transformers' :class:`BertEncoder`
 whose attention is the registry function ``"tbkin"`` (:mod:`tbkin.model.attention`),
 so :meth:`TbkinModel.set_attention` switches full / threshold / local attention
 without touching the weights.

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tbkin.atomic import atomic_path, write_json
+from tbkin.data.loaders import read_json
 from tbkin.model.modeling_tbkin import TbkinModel
 from tbkin.train.loop import (
     DistributedContext,
@@ -165,8 +166,6 @@ def load_head_state(out_dir: str | Path) -> dict[str, torch.Tensor]:
 
 def read_run_info(out_dir: str | Path) -> dict:
     """The ``run.json`` of a finished fine-tuning run; {} when there is none."""
-    from tbkin.evaluate.vqa import read_json
-
     path = Path(out_dir) / RUN_INFO
     return read_json(str(path)) if path.exists() else {}
 

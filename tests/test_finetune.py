@@ -153,7 +153,7 @@ def test_readout_cls_and_regions_adds_the_mean_of_the_real_region_outputs():
         VqaClassifier(TbkinModel(config), 5, "regions")
 
 
-def test_finetune_vqa_readout_is_saved_and_restored(fixture_data, tmp_path):
+def test_finetune_vqa_readout_is_saved_and_restored(fixture_data, tmp_path, monkeypatch):
     pred_path = _finetune_vqa(fixture_data, tmp_path, "--readout", "cls_and_regions", "--epochs", "1")
     assert json.loads((tmp_path / "model" / "run.json").read_text())["readout"] == "cls_and_regions"
     from tbkin.train.data import RegionStore, TextEncoder
@@ -164,6 +164,19 @@ def test_finetune_vqa_readout_is_saved_and_restored(fixture_data, tmp_path):
     store = RegionStore(fixture_data["root"] / "val.h5")
     examples = load_questions(str(fixture_data["files"]["val"][0]), None, TextEncoder(model.backbone.tokenizer, 12), store, None)
     assert predict(model, examples, store, vocab, 16, "cpu") == json.loads(pred_path.read_text())
+
+    # The attention-map figure labels each panel with the answer of the model's own readout.
+    from tbkin.evaluate.attention_maps import cls_region_attention
+    from tbkin.train.data import collate
+
+    encoder = TextEncoder(model.backbone.tokenizer, 12)
+    example = fixture_data["val"][0]["image_id"], "is there a red shape?"
+    with torch.no_grad():
+        inputs = collate([encoder.encode(example[1])], [store.get(example[0])])
+        cls_only = int(model.head(model.backbone(inputs).cls).argmax())
+    readout_choice = (cls_only + 1) % len(vocab)
+    monkeypatch.setattr(model, "classify", lambda out, mask: torch.eye(len(vocab))[[readout_choice]])
+    assert cls_region_attention(model, vocab, encoder, store, example[1], example[0]).answer == vocab.answers[readout_choice]
 
 
 def test_finetune_vqa_local_window_runs(fixture_data, tmp_path):

@@ -43,7 +43,7 @@ def cls_region_attention(model: VqaClassifier, vocab, encoder: TextEncoder, stor
     regions = store.get(image_id)
     inputs = collate([encoder.encode(question)], [regions])
     out = model.backbone(inputs, output_attentions=True)
-    answer = vocab.answers[int(model.head(out.cls).argmax(-1))]
+    answer = vocab.answers[int(model.classify(out, inputs.region_mask).argmax(-1))]
     last = out.attentions[-1][0].mean(dim=0)                  # [L, L], mean over heads
     n = regions.num_boxes
     weights = last[0, out.text_length: out.text_length + n]   # [CLS] row, region columns

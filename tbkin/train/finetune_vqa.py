@@ -26,7 +26,7 @@ from torch import nn
 from tbkin.atomic import write_json
 from tbkin.errors import DataFormatError
 from tbkin.data.loaders import load_vqa
-from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
+from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinOutput
 from tbkin.train.answers import AnswerVocab
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
 from tbkin.train.finetune_common import (
@@ -66,10 +66,13 @@ class VqaClassifier(nn.Module):
         self.head = make_head(backbone.config.hidden_size, num_answers)
 
     def forward(self, inputs: TbkinInputs) -> torch.Tensor:
-        out = self.backbone(inputs)
+        return self.classify(self.backbone(inputs), inputs.region_mask)
+
+    def classify(self, out: TbkinOutput, region_mask: torch.Tensor) -> torch.Tensor:
+        """Answer logits from a backbone output (callers that also need the attentions)."""
         features = out.cls
         if self.readout == "cls_and_regions":
-            real = inputs.region_mask[..., None].to(out.regions.dtype)
+            real = region_mask[..., None].to(out.regions.dtype)
             features = features + (out.regions * real).sum(1) / real.sum(1).clamp(min=1)
         return self.head(features)
 

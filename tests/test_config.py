@@ -28,11 +28,12 @@ def test_misspelt_key_names_key_and_file(tmp_path):
 
 
 def test_wrong_type_and_out_of_range(tmp_path):
-    bad = _write(tmp_path, {"pretrain": {"steps": "many"}, "finetune": {"threshold": 1.5}})
+    bad = _write(tmp_path, {"pretrain": {"steps": "many"}, "finetune": {"threshold": 1.5},
+                            "model": {"encoder_init": "scratch"}})
     with pytest.raises(ConfigError) as err:
         load_config(DEFAULT, bad)
     msg = str(err.value)
-    assert "pretrain.steps" in msg and "finetune.threshold" in msg
+    assert "pretrain.steps" in msg and "finetune.threshold" in msg and "model.encoder_init" in msg
 
 
 def test_missing_file_is_named(tmp_path):

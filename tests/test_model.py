@@ -89,6 +89,18 @@ def test_from_bert_copies_text_embeddings_and_layers(bert_dir):
         TbkinModel.from_bert(bert_dir, num_layers=5)
 
 
+def test_from_bert_random_encoder_copies_only_the_text_embeddings(bert_dir):
+    bert = BertModel.from_pretrained(str(bert_dir))
+    model = TbkinModel.from_bert(bert_dir, num_layers=1, encoder_init="random", region_feature_dim=6,
+                                 num_region_labels=3)
+    torch.testing.assert_close(model.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    fresh, loaded = model.encoder.layer[0].attention.self.query.weight, bert.encoder.layer[0].attention.self.query.weight
+    assert not torch.allclose(fresh, loaded)
+    assert abs(float(fresh.detach().std()) - model.config.initializer_range) < 0.005
+    with pytest.raises(CheckpointError, match="model.encoder_init"):
+        TbkinModel.from_bert(bert_dir, num_layers=1, encoder_init="scratch")
+
+
 def test_pruned_vocabulary_keeps_the_right_embedding_rows(bert_dir):
     tokenizer = load_tokenizer(bert_dir)
     pruned, keep = prune_tokenizer(tokenizer, ["a red circle", "what color is the squares?"])

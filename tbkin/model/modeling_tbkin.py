@@ -54,6 +54,7 @@ from tbkin.model import attention as _attention  # registers "tbkin" with Attent
 from tbkin.model.tokenization import load_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
+ENCODER_INITS = ("bert", "random")  # model.encoder_init: the checkpoint's blocks, or fresh ones
 CONFIG_NAME = "config.json"
 
 
@@ -274,6 +275,7 @@ class TbkinModel(nn.Module):
         num_layers: int,
         keep_piece_ids: list[int] | None = None,
         tokenizer=None,
+        encoder_init: str = "bert",
         **config_fields,
     ) -> "TbkinModel":
         """Initialise text embeddings and the first ``num_layers`` blocks from a HF BERT directory.
@@ -281,7 +283,11 @@ class TbkinModel(nn.Module):
         ``keep_piece_ids`` (from :func:`tbkin.model.tokenization.prune_tokenizer`) selects the
         word-embedding rows to keep; ``config_fields`` set the region / attention fields.
         Region embeddings and anything not in the checkpoint start fresh.
+        ``encoder_init="random"`` copies only the text embeddings and leaves the blocks
+        at BERT's random initialisation (an ablation of the checkpoint's layers).
         """
+        if encoder_init not in ENCODER_INITS:
+            raise CheckpointError(f"model.encoder_init must be one of {ENCODER_INITS}, got {encoder_init!r}")
         bert_dir = Path(bert_dir)
         bert_config = BertConfig.from_pretrained(str(bert_dir))
         if num_layers > bert_config.num_hidden_layers:
@@ -299,10 +305,12 @@ class TbkinModel(nn.Module):
         if keep_piece_ids is not None:
             key = "embeddings.word_embeddings.weight"
             state[key] = state[key][torch.as_tensor(keep_piece_ids)]
-        wanted = {k: v for k, v in state.items() if k.startswith("embeddings.") or _layer_index(k) < num_layers}
+        copied = ("embeddings.", "encoder.") if encoder_init == "bert" else ("embeddings.",)
+        wanted = {k: v for k, v in state.items()
+                  if k.startswith("embeddings.") or (encoder_init == "bert" and _layer_index(k) < num_layers)}
         wanted.pop("embeddings.position_ids", None)
         missing, unexpected = model.load_state_dict(wanted, strict=False)
-        not_loaded = [k for k in missing if k.startswith(("embeddings.", "encoder."))]
+        not_loaded = [k for k in missing if k.startswith(copied)]
         if not_loaded or unexpected:
             raise CheckpointError(f"{bert_dir}: BERT weights do not fit: missing {not_loaded[:5]}, unexpected {unexpected[:5]}")
         model.region_embeddings.match_scale(model.embeddings.LayerNorm)

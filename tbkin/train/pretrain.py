@@ -86,6 +86,7 @@ class PretrainSettings:
     seed: int = 0
     bert_path: str | None = None
     num_layers: int = 4
+    encoder_init: str = "bert"
     max_text_len: int = 20
     prune_vocab: bool = True
 
@@ -336,6 +337,7 @@ def build(settings: PretrainSettings, parses: str, features: str, entries: str |
         bert_dir,
         settings.num_layers,
         keep_piece_ids=keep_ids,
+        encoder_init=settings.encoder_init,
         tokenizer=tokenizer,
         region_feature_dim=store.feature_dim,
         num_region_labels=max(1, len(store.label_names)),
@@ -447,7 +449,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="checkpoint folder (model, config, tokenizer, log)")
     parser.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    model_keys = {"bert_path", "num_layers", "max_text_len", "prune_vocab"}
+    model_keys = {"bert_path", "num_layers", "encoder_init", "max_text_len", "prune_vocab"}
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         key = name if name == "seed" else f"{'model' if name in model_keys else 'pretrain'}.{name}"

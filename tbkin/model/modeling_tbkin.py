@@ -54,8 +54,8 @@ from tbkin.model import attention as _attention  # registers "tbkin" with Attent
 from tbkin.model.tokenization import load_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
-ENCODER_INITS = ("bert", "random")  # model.encoder_init: the checkpoint's blocks, or fresh ones
 CONFIG_NAME = "config.json"
+ENCODER_INITS = ("bert", "random")  # model.encoder_init: the checkpoint's blocks, or fresh ones
 
 
 class CheckpointError(TbkinError):

@@ -305,9 +305,10 @@ class TbkinModel(nn.Module):
         if keep_piece_ids is not None:
             key = "embeddings.word_embeddings.weight"
             state[key] = state[key][torch.as_tensor(keep_piece_ids)]
-        copied = ("embeddings.", "encoder.") if encoder_init == "bert" else ("embeddings.",)
+        copy_layers = encoder_init == "bert"
+        copied = ("embeddings.", "encoder.") if copy_layers else ("embeddings.",)
         wanted = {k: v for k, v in state.items()
-                  if k.startswith("embeddings.") or (encoder_init == "bert" and _layer_index(k) < num_layers)}
+                  if k.startswith("embeddings.") or (copy_layers and _layer_index(k) < num_layers)}
         wanted.pop("embeddings.position_ids", None)
         missing, unexpected = model.load_state_dict(wanted, strict=False)
         not_loaded = [k for k in missing if k.startswith(copied)]

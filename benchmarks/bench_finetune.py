@@ -17,7 +17,6 @@ import argparse
 import os
 import resource
 import tempfile
-import time
 from pathlib import Path
 
 # Passive OpenMP waiting (as the rules set it): spinning threads distort timings on shared cores.
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tbkin.config import load_config  # noqa: E402
+from tbkin.features.detector import SMALL_ARCHITECTURE, DetectorArchitecture  # noqa: E402
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel  # noqa: E402
 from tbkin.model.tokenization import resolve_bert_path  # noqa: E402
 from tbkin.train.finetune_common import AttentionSetting, FinetuneSettings, train  # noqa: E402
@@ -46,7 +46,8 @@ def load_encoder(config: dict) -> tuple[TbkinModel, str]:
         return TbkinModel.from_pretrained(pretrained), str(pretrained)
     bert = resolve_bert_path(config["model"]["bert_path"])
     model = TbkinModel.from_bert(bert, config["model"]["num_layers"], encoder_init=config["model"]["encoder_init"],
-                                 region_feature_dim=256, num_region_labels=6,
+                                 region_feature_dim=DetectorArchitecture(SMALL_ARCHITECTURE, []).representation_size,
+                                 num_region_labels=6,
                                  max_text_len=config["model"]["max_text_len"],
                                  max_regions=config["features"]["num_regions"])
     return model, f"{bert} (first {config['model']['num_layers']} layers)"
@@ -92,9 +93,7 @@ def main() -> None:
     num_examples = args.steps * vqa["batch_size"]
     with tempfile.TemporaryDirectory() as tmp:
         train(model, 2 * vqa["batch_size"], batch_loss, settings, ctx, Path(tmp) / "warm-up")
-        start = time.perf_counter()
         stats = train(model, num_examples, batch_loss, settings, ctx, Path(tmp) / "timed")
-        wall = time.perf_counter() - start
         # A separate, short profiled run: the profiler's own overhead would distort the timing.
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
             train(model, PROFILED_STEPS * vqa["batch_size"], batch_loss, settings, ctx, Path(tmp) / "profiled")
@@ -108,12 +107,14 @@ def main() -> None:
     print(f"encoder: {source}; device: {device}; {backbone.config.num_hidden_layers} layers x "
           f"{backbone.config.hidden_size}, batch {vqa['batch_size']}, sequence {QUESTION_PIECES} + "
           f"{config['features']['num_regions']}, T = {config['finetune']['threshold']}")
-    print(f"finetune-vqa: {num_examples / wall:.1f} samples/s ({args.steps} steps in {wall:.1f} s; "
-          f"the loop's own count: {stats['samples_per_second']}), peak RSS {rss_mb:.0f} MB")
+    rate = stats["samples_per_second"]
+    print(f"finetune-vqa: {rate:.1f} samples/s ({args.steps} steps in {stats['train_seconds']} s), "
+          f"peak RSS {rss_mb:.0f} MB")
     print(f"matrix multiplications ({PROFILED_STEPS} profiled steps): {matmul_us / max(total_us, 1):.0%} of the "
           f"operators' CPU time, {matmul_flops / max(matmul_us, 1) / 1e3:.1f} GFLOP/s while they run")
-    epoch = 7200 / (num_examples / wall)  # shapes: 7,200 training questions
-    print(f"one shapes epoch (7,200 questions) at this rate: {epoch:.0f} s; "
+    questions = config["shapes"]["train_images"] * config["shapes"]["questions_per_image"]
+    epoch = questions / rate
+    print(f"one shapes epoch ({questions:,} questions) at this rate: {epoch:.0f} s; "
           f"{vqa['epochs']} epochs (finetune.vqa.epochs): {vqa['epochs'] * epoch:.0f} s")
 
 

@@ -3,7 +3,18 @@
 # Real data:  snakemake --cores all --configfile config/vqa2.yaml results/vqa_eval.json
 # Cluster:    snakemake --profile workflow/profiles/slurm results/vqa_eval.json
 
-from tbkin.config import validate as validate_config, ConfigError
+import os
+
+from tbkin.config import validate as validate_config, ConfigError, read_config_file
+
+# Snakemake reports a broken YAML file without its name or line: read the default
+# config first so that its error names both. (Files given with --configfile are read
+# by Snakemake before this file runs; `tbkin check-config FILE...` locates their errors.)
+if os.path.exists("config/config.yaml"):
+    try:
+        read_config_file("config/config.yaml")
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
 
 configfile: "config/config.yaml"
 
@@ -43,3 +54,4 @@ rule all_results:
         ATTENTION_MAPS,
         [DETECTOR_METRICS] if config["detector"]["train"] else [],
         [PARSER_METRICS] if config["dataset"] == "shapes" else [],
+        expand(EDGE_METRICS, split=list(SPLITS)) if config["dataset"] == "shapes" else [],

@@ -45,6 +45,7 @@ def write_inputs(folder: Path, pairs: int, regions: int, seed: int = 0) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from gensim.models import KeyedVectors
+    from tbkin.graph.wordvec import save_vectors
 
     from tbkin.features.hdf5 import RegionFeatureWriter
     from tbkin.text.parse_combine import PARSES_ROW_GROUP
@@ -76,7 +77,7 @@ def write_inputs(folder: Path, pairs: int, regions: int, seed: int = 0) -> dict:
     words = LABELS + ["shape"]
     base = rng.normal(size=(1, 16))
     kv.add_vectors(words, (base + 0.8 * rng.normal(size=(len(words), 16))).astype(np.float32))
-    kv.save(str(folder / "vectors.kv"))
+    save_vectors(kv, folder / "vectors.bin")
     return {"pairs": pairs, "images": images}
 
 
@@ -84,7 +85,7 @@ def worker(folder: Path) -> None:
     from tbkin.graph.build import GraphParams, build_graph
     from tbkin.graph.wordvec import load_vectors
 
-    kv = load_vectors(folder / "vectors.kv")
+    kv = load_vectors(folder / "vectors.bin")
     start, cpu_start = time.perf_counter(), time.process_time()
     summary = build_graph(folder / "parses.parquet", [folder / "parses.parquet"], folder / "features.h5", kv,
                           GraphParams(0.5, 0.5), folder / "edges.parquet", folder / "entries.parquet",

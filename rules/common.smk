@@ -35,8 +35,9 @@ PARSES = f"{R}/text/{{split}}/parses.parquet"
 PARSER_METRICS = f"{R}/text/parser_metrics.json"
 
 # Stage 3-4: unified scene graph and knowledge entries
-WORD_VECTORS = f"{R}/graph/word_vectors.kv"
+WORD_VECTORS = f"{R}/graph/word_vectors.bin"
 EDGES = f"{R}/graph/edges/split={{split}}/part-0.parquet"
+EDGE_METRICS = f"{R}/graph/edge_metrics_{{split}}.json"  # shapes only: cross edges vs gold
 ENTRIES = f"{R}/graph/entries/split={{split}}/part-0.parquet"
 
 # Stage 5: pretraining
@@ -57,6 +58,12 @@ ATTENTION_MAPS = f"{R}/figures/attention_maps.png"
 
 def shard_ids(n):
     return [str(i) for i in range(n)]
+
+
+def shell_words(values):
+    """Several command-line words for one `{params.x}`, each quoted for the shell
+    (a plain word such as `val` stays as it is, so params of existing runs do not change)."""
+    return " ".join(shlex.quote(str(v)) for v in values)
 
 
 # Helpers of rules/features.smk (functions live here: rule files hold rules only).

@@ -19,7 +19,7 @@ LAYOUT_ARGS = " ".join(
 DOWNLOAD_OPTIONS = {
     name: " ".join(
         [f"--url {shlex.quote(spec['url'])}"]
-        + ([f"--sha256 {spec['sha256']}"] if spec.get("sha256") else [])
+        + ([f"--sha256 {shlex.quote(str(spec['sha256']))}"] if spec.get("sha256") else [])
         + ([f"--size {spec['size']}"] if spec.get("size") else [])
         + (
             [f"--extract-to {shlex.quote(os.path.normpath(os.path.join(DATA['root'], spec['extract_to'])))}"]
@@ -40,7 +40,7 @@ if config["dataset"] == "shapes":
             layout=lambda wildcards: LAYOUT_ARGS,
             seed=config["seed"],
             shapes=config["shapes"],
-            refs_splits=" ".join(DATA["refs_splits"]),
+            refs_splits=shell_words(DATA["refs_splits"]),
         log:
             f"{LOGS}/data/generate_shapes.log",
         benchmark:
@@ -62,7 +62,7 @@ if config["dataset"] == "shapes":
             " --refs-per-image {params.shapes[refs_per_image]}"
             " --sentences-per-ref {params.shapes[sentences_per_ref]}"
             " --answer-noise {params.shapes[answer_noise]}"
-            " --refs-splits {params.refs_splits} --no-progress > {log} 2>&1"
+            " --refs-splits {params.refs_splits} --no-progress > {log:q} 2>&1"
 
 else:
 
@@ -96,7 +96,7 @@ else:
             DATA_READY,
         params:
             layout=lambda wildcards: LAYOUT_ARGS,
-            contents=" ".join(DATA["contents"]),
+            contents=shell_words(DATA["contents"]),
             dataset=config["dataset"],
         log:
             f"{LOGS}/data/check_data.log",
@@ -110,4 +110,4 @@ else:
             runtime=60,
         shell:
             "tbkin check-data {params.layout} --contents {params.contents}"
-            " --dataset {params.dataset:q} --out {output:q} > {log} 2>&1"
+            " --dataset {params.dataset:q} --out {output:q} > {log:q} 2>&1"

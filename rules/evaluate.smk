@@ -27,16 +27,16 @@ VQA_EVAL_PARAMS = dict(
     train_annotations=data_file("vqa_annotations", "train"),
 )
 VQA_EVAL_SHELL = (
-    "tbkin eval-vqa --predictions {input.predictions} --run-info {input.run}"
-    " --questions {params.val_questions} --annotations {params.val_annotations}"
-    " --train-questions {params.train_questions} --train-annotations {params.train_annotations}"
-    " --dataset {params.dataset} --split val --output {output} > {log} 2>&1"
+    "tbkin eval-vqa --predictions {input.predictions:q} --run-info {input.run:q}"
+    " --questions {params.val_questions:q} --annotations {params.val_annotations:q}"
+    " --train-questions {params.train_questions:q} --train-annotations {params.train_annotations:q}"
+    " --dataset {params.dataset:q} --split val --output {output:q} > {log:q} 2>&1"
 )
 REC_EVAL_PARAMS = dict(dataset=config["dataset"], refs=data_file("refs"), refs_instances=data_file("refs_instances"))
 REC_EVAL_SHELL = (
-    "tbkin eval-rec --predictions {input.predictions} --run-info {input.run}"
+    "tbkin eval-rec --predictions {input.predictions:q} --run-info {input.run:q}"
     " --refs {params.refs:q} --refs-instances {params.refs_instances:q}"
-    " --dataset {params.dataset} --output {output} > {log} 2>&1"
+    " --dataset {params.dataset:q} --output {output:q} > {log:q} 2>&1"
 )
 
 
@@ -153,8 +153,8 @@ rule ablation:
     benchmark: f"{BENCH}/ablation.tsv"
     conda: "../envs/tbkin.yaml"
     shell:
-        "tbkin ablation --vqa-evals {input.vqa} --rec-evals {input.rec} --csv {output.csv}"
-        " --summary {output.summary} --vqa-png {output.vqa_png} --rec-png {output.rec_png} > {log} 2>&1"
+        "tbkin ablation --vqa-evals {input.vqa:q} --rec-evals {input.rec:q} --csv {output.csv:q}"
+        " --summary {output.summary:q} --vqa-png {output.vqa_png:q} --rec-png {output.rec_png:q} > {log:q} 2>&1"
 
 
 rule attention_maps:
@@ -178,6 +178,6 @@ rule attention_maps:
     benchmark: f"{BENCH}/attention_maps.tsv"
     conda: "../envs/tbkin.yaml"
     shell:
-        "tbkin attention-maps --base {params.base} --tbkin {params.tbkin} --questions {params.questions}"
-        " --annotations {params.annotations} --instances {params.instances} --images-dir {params.images}"
-        " --features {input.features} --num-questions {params.num_questions} --output {output} > {log} 2>&1"
+        "tbkin attention-maps --base {params.base:q} --tbkin {params.tbkin:q} --questions {params.questions:q}"
+        " --annotations {params.annotations:q} --instances {params.instances:q} --images-dir {params.images:q}"
+        " --features {input.features:q} --num-questions {params.num_questions} --output {output:q} > {log:q} 2>&1"

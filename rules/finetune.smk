@@ -28,13 +28,13 @@ VQA_FT_PARAMS = dict(
     readout=FT["vqa"]["readout"],
 )
 VQA_FT_SHELL = (
-    "{params.launcher} finetune-vqa --pretrained {params.pretrained}"
-    " --train-questions {params.train_questions} --train-annotations {params.train_annotations}"
-    " --train-features {input.train_features} --eval-questions {params.val_questions}"
-    " --eval-features {input.val_features} --out-dir {params.out_dir} --predictions {output.predictions}"
+    "{params.launcher} finetune-vqa --pretrained {params.pretrained:q}"
+    " --train-questions {params.train_questions:q} --train-annotations {params.train_annotations:q}"
+    " --train-features {input.train_features:q} --eval-questions {params.val_questions:q}"
+    " --eval-features {input.val_features:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
     " {params.attention} --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-    " --min-answer-count {params.min_answer_count} --readout {params.readout} --seed {params.seed} --threads {params.proc_threads}"
-    " > {log} 2>&1"
+    " --min-answer-count {params.min_answer_count} --readout {params.readout:q} --seed {params.seed} --threads {params.proc_threads}"
+    " > {log:q} 2>&1"
 )
 
 REC_FT_INPUT = dict(ready=DATA_READY, pretrained=PRETRAIN_CKPT, features=FEATURES.format(split="train"))
@@ -42,16 +42,16 @@ REC_FT_PARAMS = dict(
     pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
     refs=data_file("refs"),
     refs_instances=data_file("refs_instances"),
-    eval_splits=" ".join(REC_EVAL_SPLITS),
+    eval_splits=shell_words(REC_EVAL_SPLITS),
     batch_size=FT["rec"]["batch_size"],
     lr=FT["rec"]["lr"],
 )
 REC_FT_SHELL = (
-    "{params.launcher} finetune-rec --pretrained {params.pretrained} --refs {params.refs:q}"
-    " --refs-instances {params.refs_instances:q} --features {input.features}"
-    " --eval-splits {params.eval_splits} --out-dir {params.out_dir} --predictions {output.predictions}"
+    "{params.launcher} finetune-rec --pretrained {params.pretrained:q} --refs {params.refs:q}"
+    " --refs-instances {params.refs_instances:q} --features {input.features:q}"
+    " --eval-splits {params.eval_splits} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
     " {params.attention} --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-    " --seed {params.seed} --threads {params.proc_threads} > {log} 2>&1"
+    " --seed {params.seed} --threads {params.proc_threads} > {log:q} 2>&1"
 )
 
 

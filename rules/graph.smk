@@ -1,19 +1,27 @@
 # Unified scene graph and knowledge entries (Parquet, hive-partitioned by split).
+from tbkin.graph.wordvec import vector_source
+
 ALL_PARSES = expand(PARSES, split=list(SPLITS))
+# text.word_vectors: bert (model.bert_path's input embeddings), word2vec, or a path
+WORD_VECTOR_SOURCE = vector_source(config["text"]["word_vectors"], config["model"]["bert_path"])
+TRAIN_WORD_VECTORS = WORD_VECTOR_SOURCE.path is None
 
 
 rule word_vectors:
     input:
-        # trained on the dataset's texts unless a GloVe / word2vec file is configured
-        parses=ALL_PARSES if not config["text"]["word_vectors"] else [],
-        vectors_file=config["text"]["word_vectors"] or [],
+        # Word2Vec reads the parsed texts; otherwise the vector file / checkpoint files
+        parses=ALL_PARSES if TRAIN_WORD_VECTORS else [],
+        source_files=WORD_VECTOR_SOURCE.files,
     output:
         WORD_VECTORS,
     params:
-        vectors_file=lambda wildcards, input: f"--vectors-file {shlex.quote(input.vectors_file)}" if input.vectors_file else "",
-        vector_size=config["text"]["word2vec"]["vector_size"],
-        epochs=config["text"]["word2vec"]["epochs"],
-        seed=config["seed"],
+        # only the settings of the chosen source, so changing another one reruns nothing
+        source=(
+            shlex.join(["--vector-size", str(config["text"]["word2vec"]["vector_size"]),
+                        "--epochs", str(config["text"]["word2vec"]["epochs"]), "--seed", str(config["seed"])])
+            if TRAIN_WORD_VECTORS
+            else shlex.join(["--vectors-file", str(WORD_VECTOR_SOURCE.path)])
+        ),
     threads: 1
     conda:
         "../envs/tbkin.yaml"
@@ -25,8 +33,7 @@ rule word_vectors:
     benchmark:
         f"{BENCH}/graph/word_vectors.tsv"
     shell:
-        "tbkin word-vectors {input.parses:q} {params.vectors_file} --vector-size {params.vector_size}"
-        " --epochs {params.epochs} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
+        "tbkin word-vectors {input.parses:q} {params.source} --output {output:q} > {log:q} 2>&1"
 
 
 rule build_graph:
@@ -60,9 +67,41 @@ rule build_graph:
         " --edges {output.edges:q} --entries {output.entries:q} > {log:q} 2>&1"
 
 
+rule edge_metrics:
+    """Cross edges against the shapes generator's gold (the gold is written with DATA_READY)."""
+    input:
+        ready=DATA_READY,
+        edges=EDGES,
+        parses=PARSES,
+        features=FEATURES,
+    output:
+        EDGE_METRICS,
+    params:
+        gold=GOLD_SCENE_GRAPHS,
+        instances=lambda wildcards: data_file("instances", wildcards.split),
+        min_confidence=config["text"]["min_detection_confidence"],
+    wildcard_constraints:
+        split="|".join(SPLITS),
+    threads: 1
+    conda:
+        "../envs/tbkin.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    log:
+        f"{LOGS}/graph/edge_metrics_{{split}}.log",
+    benchmark:
+        f"{BENCH}/graph/edge_metrics_{{split}}.tsv"
+    shell:
+        "tbkin edge-metrics --edges {input.edges:q} --parses {input.parses:q} --features {input.features:q}"
+        " --instances {params.instances:q} --gold {params.gold:q} --min-confidence {params.min_confidence:q}"
+        " --output {output:q} > {log:q} 2>&1"
+
+
 rule graph_all:
-    """Every text and graph artifact: parses, edges, entries (and parser metrics on shapes)."""
+    """Every text and graph artifact: parses, edges, entries (and parser and edge metrics on shapes)."""
     input:
         expand(EDGES, split=list(SPLITS)),
         expand(ENTRIES, split=list(SPLITS)),
         [PARSER_METRICS] if config["dataset"] == "shapes" else [],
+        expand(EDGE_METRICS, split=list(SPLITS)) if config["dataset"] == "shapes" else [],

@@ -12,6 +12,7 @@ import sys
 
 # name -> (module, one-line help). Keep sorted by pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "check-config": ("tbkin.config", "validate config files (names the file and line of a YAML error)"),
     "generate-shapes": ("tbkin.data.shapes", "render the embedded `shapes` dataset in official formats"),
     "download": ("tbkin.data.download", "fetch, verify and extract a real-data archive"),
     "check-data": ("tbkin.data.loaders", "validate a dataset's annotation files"),
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parser-metrics": ("tbkin.text.metrics", "score the parser against gold scene graphs"),
     "word-vectors": ("tbkin.graph.wordvec", "train or load word vectors for cross-modal edges"),
     "build-graph": ("tbkin.graph.build", "unified scene graph edges and knowledge entries (Parquet)"),
+    "edge-metrics": ("tbkin.graph.edge_metrics", "precision / recall of cross-modal edges against shapes gold"),
     "inspect": ("tbkin.graph.inspect", "show one image-text pair: regions, parse, edges, entries"),
     "pretrain": ("tbkin.train.pretrain", "pretrain with MLM, MRM, SKM and ITM"),
     "launch": ("tbkin.train.launch", "run a training subcommand on 1 process, torchrun, or several SLURM nodes"),

@@ -35,19 +35,34 @@ def _evil_tar_bytes() -> bytes:
     return buf.getvalue()
 
 
+def _tar_bytes() -> tuple[bytes, int]:
+    """An uncompressed tar of two files, and the offset where its first member ends."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, size in (("refcoco/instances.json", 1000), ("refcoco/refs(unc).p", 3000)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tf.addfile(info, io.BytesIO(b"x" * size))
+        first_member_end = 512 + 1024  # header block + 1000 bytes padded to 2 blocks
+    return buf.getvalue(), first_member_end
+
+
 ARCHIVE = _zip_bytes()
+TAR, TAR_FIRST_MEMBER_END = _tar_bytes()
 SHA = hashlib.sha256(ARCHIVE).hexdigest()
 WEIGHTS = b"\x00weights" * 1000
 
 
 class Server:
-    """Serves files with Range support; '/interrupted/...' drops the first transfer midway."""
+    """Serves files with Range support; '/interrupted/...' drops the first transfer midway;
+    '/nolength/...' is sent without a Content-Length (the end of the connection ends it)."""
 
     def __init__(self):
         self.files = {"/good.zip": ARCHIVE, "/truncated.zip": ARCHIVE[: len(ARCHIVE) // 2],
                       "/interrupted/data.zip": ARCHIVE, "/interrupted/norange.zip": ARCHIVE,
                       "/evil.tar.gz": _evil_tar_bytes(),
-                      "/weights-1234abcd.pth": WEIGHTS}
+                      "/weights-1234abcd.pth": WEIGHTS,
+                      "/nolength/whole.tar": TAR, "/nolength/cut.tar": TAR[:TAR_FIRST_MEMBER_END]}
         self.requests: list[tuple[str, str | None]] = []
         self.interrupt_next = True
         server = self
@@ -74,7 +89,8 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                if not self.path.startswith("/nolength/"):
+                    self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
                 if self.path.startswith("/interrupted/") and server.interrupt_next:
@@ -206,3 +222,14 @@ def test_http_error_and_cli(server, tmp_path, capsys):
     args[4] = server.url + "/good.zip"
     assert tbkin_main(args + ["--sha256", SHA, "--extract-to", str(tmp_path / "data")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["sha256"] == SHA
+
+
+def test_unpinned_tar_cut_at_a_member_boundary_is_refused(server, tmp_path):
+    """Without a pinned size or hash, and without a Content-Length, only the tar's own
+    end-of-archive marker tells that its second member is missing."""
+    record, _ = _fetch(server, "/nolength/whole.tar", tmp_path / "whole")
+    assert record["extracted"] == ["refcoco"] and (tmp_path / "whole" / "data" / "refcoco" / "refs(unc).p").is_file()
+    with pytest.raises(DownloadError, match="cut.tar has no tar end-of-archive marker"):
+        _fetch(server, "/nolength/cut.tar", tmp_path)
+    _nothing_final(tmp_path, "cut.tar")
+    assert not (tmp_path / "data" / "refcoco").exists()

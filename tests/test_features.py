@@ -315,3 +315,37 @@ def test_grid_sample_pooler_matches_torchvision_roi_align():
     ours = GridSampleRoIPool(output_size=7, stride=8, sampling_ratio=2)({"0": fmap}, boxes, [(128, 128)] * 2)
     reference = roi_align(fmap, boxes, output_size=7, spatial_scale=1 / 8, sampling_ratio=2, aligned=True)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_skipped_image_ids_are_recorded_and_survive_combining(tmp_path, fixture_set):
+    instances, image_dir, detector = fixture_set
+    records = load_detection_data(instances).images[:4]
+    broken_dir = tmp_path / "images"
+    broken_dir.mkdir()
+    for r in records:
+        (broken_dir / r.file_name).write_bytes((image_dir / r.file_name).read_bytes())
+    (broken_dir / records[2].file_name).write_bytes(b"garbage")
+    shards = [tmp_path / "shard-0.h5", tmp_path / "shard-1.h5"]
+    for shard, part in zip(shards, (records[:2], records[2:])):
+        extract_features(detector, part, broken_dir, shard, RegionSelection(4), batch_size=2, skip_bad_images=True)
+    combine_shards(shards, tmp_path / "all.h5")
+    with RegionFeatureReader(tmp_path / "all.h5") as reader:
+        assert reader.skipped_image_ids == {records[2].image_id}
+        assert reader.skipped_images == [records[2].file_name]
+    assert skipped_list_path(tmp_path / "all.h5").read_text().split() == [records[2].file_name]
+    # a rerun that reads every image leaves no stale list of skipped images behind
+    (broken_dir / records[2].file_name).write_bytes((image_dir / records[2].file_name).read_bytes())
+    extract_features(detector, records[2:], broken_dir, shards[1], RegionSelection(4), batch_size=2, skip_bad_images=True)
+    assert not skipped_list_path(shards[1]).exists()
+
+
+def test_extraction_removes_partials_left_by_a_killed_run(tmp_path, fixture_set):
+    instances, image_dir, detector = fixture_set
+    out = tmp_path / "shard-0-of-2.h5"
+    stale = tmp_path / ".shard-0-of-2.h5.u8k2_x.h5.partial"   # named as RegionFeatureWriter names its temporary
+    other = tmp_path / ".shard-1-of-2.h5.a1b2c3.h5.partial"   # another shard's job: not ours to remove
+    stale.write_bytes(b"\x89HDF half written")
+    other.write_bytes(b"\x89HDF half written")
+    extract_features(detector, load_detection_data(instances).images[:2], image_dir, out, RegionSelection(4), batch_size=2)
+    assert out.is_file() and not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, other.name])

@@ -9,7 +9,9 @@ from tbkin.features.hdf5 import RegionFeatureWriter
 from tbkin.graph.build import GraphParams, build_graph
 from tbkin.graph.edges import image_intra_edges, normalise_by_group, pairwise_iou, text_intra_edges
 from tbkin.graph.inspect import format_tables, load_pair, draw_pair
-from tbkin.graph.wordvec import load_vector_file, similarity_matrix, train_word2vec
+from tbkin.graph.wordvec import (
+    WordVectorError, load_vector_file, load_vectors, save_vectors, similarity_matrix, train_word2vec, vector_source,
+)
 from tbkin.text.parse_combine import join_parses, write_parses
 from tbkin.text.records import TextRecords
 from tbkin.text.scene_graph import (
@@ -244,3 +246,63 @@ def test_bert_checkpoint_input_embeddings(tmp_path):
     kv = load_vector_file(tmp_path)
     assert set(kv.key_to_index) == {"circle", "ring"}  # whole lower-case words only
     assert similarity_matrix(kv, ["circle"], ["ring"])[0, 0] == pytest.approx(0.6)
+
+
+def test_saved_vectors_are_word2vec_binary(tmp_path):
+    kv = keyed_vectors()
+    out = tmp_path / "vectors.bin"
+    save_vectors(kv, out)
+    assert out.read_bytes().startswith(b"4 3\n")  # word2vec header: nothing pickled
+    again = load_vectors(out)
+    np.testing.assert_array_equal(again["ring"], kv["ring"])
+    assert load_vector_file(out).key_to_index.keys() == kv.key_to_index.keys()  # also accepted as a user file
+
+
+def test_pickled_vectors_are_refused_and_never_run(tmp_path):
+    import pickle
+
+    class Payload:
+        def __init__(self, marker):
+            self.marker = marker
+
+        def __reduce__(self):  # unpickling calls open(marker, "w"): the file appears
+            return open, (str(self.marker), "w")
+
+    probe = tmp_path / "probe-ran"
+    pickle.loads(pickle.dumps(Payload(probe))).close()
+    assert probe.exists()  # the payload is live
+
+    marker = tmp_path / "payload-ran"
+    for name in ("vectors.kv", "vectors.txt", "vectors.bin"):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(Payload(marker)))
+        with pytest.raises(WordVectorError, match=f"{name}.*word2vec text or binary, GloVe text.*BERT"):
+            load_vector_file(path)
+        with pytest.raises(WordVectorError, match=name):
+            load_vectors(path)
+    assert not marker.exists()
+
+
+def test_vector_source_settings(tmp_path):
+    assert vector_source("word2vec", None).path is None
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    assert vector_source("bert", str(folder)).files == [str(folder / "vocab.txt"), str(folder / "model.safetensors")]
+    assert vector_source(str(folder), None).files == vector_source("bert", str(folder)).files
+    glove = tmp_path / "glove.txt"
+    assert vector_source(str(glove), str(folder)).files == [str(glove)]
+
+
+def test_default_word_vectors_separate_shape_names():
+    from pathlib import Path
+
+    from tbkin.config import load_config
+    from tbkin.data.vocab import SHAPES
+
+    config = load_config(Path(__file__).resolve().parent.parent / "config" / "config.yaml")
+    source = vector_source(config["text"]["word_vectors"], config["model"]["bert_path"])
+    sim = similarity_matrix(load_vector_file(source.path), SHAPES, SHAPES)
+    np.testing.assert_allclose(np.diag(sim), 1.0, atol=1e-5)
+    different = sim[~np.eye(len(SHAPES), dtype=bool)]
+    # every other shape name stays below the threshold a cross edge needs
+    assert different.max() < config["text"]["cross_modal_min_similarity"]

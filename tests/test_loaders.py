@@ -190,3 +190,14 @@ def test_malformed_answer_names_its_position(layout):
     _edit_json(path, lambda d: d["annotations"][0]["answers"][4].pop("answer"))
     with pytest.raises(DataFormatError, match=r"annotations\[0\] \(question_id \d+\) answers\[4\]: missing field 'answer'"):
         load_vqa(layout.file("vqa_questions", "train"), path)
+
+
+@pytest.mark.parametrize("text", ["", "   \t\n"])
+def test_empty_question_fails_check_data_naming_file_and_record(layout, capsys, text):
+    path = layout.file("vqa_questions", "val")
+    _edit_json(path, lambda d: d["questions"][2].update(question=text))
+    out = layout.root / "READY.json"
+    assert tbkin_main(["check-data", "--root", str(layout.root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert path.name in err and "questions[2]" in err and "question text is empty" in err, err
+    assert not out.exists()

@@ -61,3 +61,35 @@ def test_conda_env_pins_match_pyproject():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(pip) == sorted(deps)
     assert "python=3.11" in env["dependencies"]
+
+
+def test_non_finite_setting_stops_snakemake_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune: {threshold: .nan}\npretrain: {lr: .inf}\n")
+    proc = snakemake("-n", "--nolock", configfiles=(bad,))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, tail(proc)
+    assert "finetune.threshold" in out and "pretrain.lr" in out and "not a finite number" in out, tail(proc)
+    assert "Building DAG" not in out, tail(proc)
+
+
+def test_broken_default_config_names_file_and_line(tmp_path):
+    """Snakemake's own message for a broken YAML file names neither the file nor the line."""
+    import shutil
+    import subprocess
+    import sys
+
+    from workflow_helpers import tool_env
+
+    for part in ("Snakefile", "rules", "workflow", "config"):
+        source = REPO / part
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / part)
+    broken = tmp_path / "config" / "config.yaml"
+    broken.write_text(broken.read_text().replace("features:\n", "features:\n\tbad: [\n", 1))
+    line = broken.read_text().splitlines().index("\tbad: [") + 1
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", "--snakefile", str(tmp_path / "Snakefile"),
+                           "--directory", str(tmp_path)], cwd=tmp_path, env=tool_env(), capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, tail(proc)
+    assert f"config/config.yaml, line {line}" in out, tail(proc)

@@ -10,8 +10,10 @@ holds an unverified or half-written file.
 
 A null ``sha256`` means "not pinned yet": the computed hash is logged and recorded
 in the marker so that it can be pinned in the config. Without a pinned hash, the
-size (from the config or the server's ``Content-Length``) and a clean extraction are
-the only checks.
+size (from the config or the server's ``Content-Length``) and the archive's own
+structure are the checks: a zip must have its central directory and every member its
+CRC; a tar must end with its end-of-archive marker (two zero blocks), since a tar cut
+exactly between two members otherwise reads as a complete, shorter archive.
 """
 from __future__ import annotations
 
@@ -159,6 +161,15 @@ def _safe_members_zip(archive: zipfile.ZipFile, dest: Path) -> None:
             raise DownloadError(f"{archive.filename}: member {member!r} would be written outside {dest}")
 
 
+def _check_tar_end(spec: DownloadSpec, archive: Path, tf: tarfile.TarFile) -> None:
+    """A tar whose members were all read must continue with its end-of-archive marker."""
+    tf.fileobj.seek(tf.offset)
+    if tf.fileobj.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+        raise DownloadError(
+            f"download '{spec.name}': {archive} has no tar end-of-archive marker after its last member "
+            f"({len(tf.getmembers())} members): it is truncated")
+
+
 def _extract(spec: DownloadSpec, archive: Path, dest: Path) -> list[str]:
     """Extract into a hidden sibling folder, then move every file into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -174,6 +185,7 @@ def _extract(spec: DownloadSpec, archive: Path, dest: Path) -> list[str]:
         elif name.endswith(ARCHIVE_SUFFIXES):
             with tarfile.open(archive) as tf:
                 tf.extractall(staging, filter="data")  # refuses absolute paths, '..', devices
+                _check_tar_end(spec, archive, tf)  # before any file is moved into place
         else:
             raise DownloadError(f"download '{spec.name}': {archive.name} is not a known archive type "
                                 f"({', '.join(ARCHIVE_SUFFIXES)}); set extract_to: null to keep it as is")

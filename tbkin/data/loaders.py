@@ -306,6 +306,8 @@ def load_vqa(questions_path: str | os.PathLike, annotations_path: str | os.PathL
     for i, raw in enumerate(raw_questions):
         rec = _Record(qpath, f"questions[{i}]", raw)
         q = VqaQuestion(rec.get("question_id", int), rec.get("image_id", int), rec.get("question", str))
+        if not q.question.strip():
+            rec.fail(f"question_id {q.question_id}: the question text is empty")
         if q.question_id in questions:
             rec.fail(f"duplicate question_id {q.question_id}")
         if known_image_ids is not None and q.image_id not in known_image_ids:
@@ -355,28 +357,38 @@ def load_vqa(questions_path: str | os.PathLike, annotations_path: str | os.PathL
 # ---- pickles and RefCOCO -------------------------------------------------------------
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
-    """Plain containers and scalars need no globals; anything else is refused."""
+    """Plain containers and scalars need no globals; anything else is refused,
+    except the (module, name) pairs a caller allows."""
 
-    def __init__(self, fh, path: Path):
+    def __init__(self, fh, path: Path, allowed_globals: frozenset[tuple[str, str]] = frozenset(),
+                 encoding: str = "utf-8"):
         # RefCOCO pickles come from Python 2; their byte strings are text
-        super().__init__(fh, encoding="utf-8")
+        super().__init__(fh, encoding=encoding)
         self.path = path
+        self.allowed_globals = allowed_globals
 
     def find_class(self, module: str, name: str):
+        if (module, name) in self.allowed_globals:
+            return super().find_class(module, name)
         raise UnsafePickleError(
             f"{self.path}: refused to load global '{module}.{name}': the pickle wants to "
             "import or call code, which a data file never needs (file is untrusted)")
 
 
-def safe_load_pickle(path: str | os.PathLike) -> Any:
-    """Load a pickle made only of lists, dicts, tuples, strings and numbers."""
+def safe_load_pickle(path: str | os.PathLike, allowed_globals: Iterable[tuple[str, str]] = (),
+                     encoding: str = "utf-8") -> Any:
+    """Load a pickle made only of lists, dicts, tuples, strings and numbers.
+
+    ``allowed_globals``: (module, name) pairs that may be loaded besides, e.g. the
+    functions that rebuild a numpy array; each must be unable to run other code.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file not found") from None
     try:
-        return _NoGlobalsUnpickler(io.BytesIO(data), path).load()
+        return _NoGlobalsUnpickler(io.BytesIO(data), path, frozenset(allowed_globals), encoding).load()
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as exc:

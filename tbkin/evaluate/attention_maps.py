@@ -24,7 +24,7 @@ import torch
 from tbkin.atomic import atomic_path
 from tbkin.data.loaders import load_coco_instances, load_vqa
 from tbkin.errors import DataFormatError
-from tbkin.train.data import RegionStore, TextEncoder, collate
+from tbkin.train.data import RegionStore, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_vqa import VqaClassifier
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,10 @@ def run(args: argparse.Namespace) -> int:
     images = load_coco_instances(args.instances).images
     store = RegionStore(args.features)
     rows = []
-    for q in pick_questions(load_vqa(args.questions, args.annotations).questions, args.num_questions):
+    # questions about images skipped at extraction have no regions to attend to
+    questions, _ = leave_out_skipped_images(load_vqa(args.questions, args.annotations).questions,
+                                            lambda q: q.image_id, store, "questions", args.questions)
+    for q in pick_questions(questions, args.num_questions):
         if q.image_id not in images:
             raise DataFormatError(f"{args.instances}: no image {q.image_id} (question {q.question_id})")
         results = [(label, cls_region_attention(m, v, enc, store, q.question, q.image_id))

@@ -9,7 +9,11 @@ Output JSON (see README "Evaluation")::
 
     {"dataset", "threshold", "attention", "seed",
      "accuracy": {split: percent}, "num_expressions": {split: n},
-     "proposal_upper_bound": {split: percent}, "predictions"}
+     "left_out_expressions": {split: n}, "proposal_upper_bound": {split: percent}, "predictions"}
+
+Expressions about images that feature extraction skipped as unreadable have no
+prediction; fine-tuning lists them in ``run.json`` and they are left out of the
+score (and counted in ``left_out_expressions``).
 """
 from __future__ import annotations
 
@@ -26,9 +30,12 @@ from tbkin.evaluate.rec_boxes import is_hit, xywh_to_xyxy
 log = logging.getLogger(__name__)
 
 
-def split_accuracy(predictions: list[dict], refs: list[Ref], where: str) -> float:
-    """Percent hits (2 decimals) of ``predictions`` ({sent_id, box [x, y, w, h]}) on ``refs``."""
-    referred = {s.sent_id: ref.bbox for ref in refs for s in ref.sentences}
+def split_accuracy(predictions: list[dict], refs: list[Ref], where: str, left_out: frozenset[int] = frozenset()) -> float:
+    """Percent hits (2 decimals) of ``predictions`` ({sent_id, box [x, y, w, h]}) on ``refs``,
+    without the expressions (sent_ids) in ``left_out``."""
+    referred = {s.sent_id: ref.bbox for ref in refs for s in ref.sentences if s.sent_id not in left_out}
+    if not referred:
+        raise DataFormatError(f"{where}: every expression of the split was left out (images skipped at extraction)")
     boxes: dict[int, list[float]] = {}
     for i, p in enumerate(predictions):
         try:
@@ -62,13 +69,19 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(predictions, dict) or not predictions:
         raise DataFormatError(f"{args.predictions}: expected {{split: [predictions]}}")
     by_split = load_refcoco(args.refs, args.refs_instances).by_split()
-    accuracy, counts = {}, {}
+    info = read_json(args.run_info) if args.run_info else {}
+    left_out_by_split = info.get("left_out_eval_expressions", {})
+    accuracy, counts, left_out_counts = {}, {}, {}
     for split, preds in predictions.items():
         if split not in by_split:
             raise DataFormatError(f"{args.predictions}: split '{split}' is not in {args.refs}")
-        accuracy[split] = split_accuracy(preds, by_split[split], f"{args.predictions} [{split}]")
-        counts[split] = sum(len(r.sentences) for r in by_split[split])
-    info = read_json(args.run_info) if args.run_info else {}
+        left_out = frozenset(int(i) for i in left_out_by_split.get(split, []))
+        accuracy[split] = split_accuracy(preds, by_split[split], f"{args.predictions} [{split}]", left_out)
+        counts[split] = sum(1 for r in by_split[split] for s in r.sentences if s.sent_id not in left_out)
+        left_out_counts[split] = len(left_out)
+    if any(left_out_counts.values()):
+        log.warning("left out expressions about images skipped at feature extraction: %s (%s)",
+                    left_out_counts, args.run_info)
     attention = info.get("attention", {"mode": "full", "threshold": 0.0, "window": None})
     doc = {
         "dataset": args.dataset,
@@ -77,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": info.get("seed"),
         "accuracy": accuracy,
         "num_expressions": counts,
+        "left_out_expressions": left_out_counts,
         "proposal_upper_bound": info.get("proposal_upper_bound", {}),
         "predictions": args.predictions,
     }

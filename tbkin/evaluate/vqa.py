@@ -10,9 +10,13 @@ Output JSON (see README "Evaluation")::
 
     {"dataset", "split", "attention": {"mode", "threshold", "window"}, "threshold",
      "seed", "accuracy": {"overall", "per_answer_type", "per_question_type"},
-     "num_questions", "predictions",
+     "num_questions", "left_out_questions", "predictions",
      "question_type_prior": {"overall", "per_answer_type", "per_question_type"},
      "gain_over_prior"}
+
+Questions about images that feature extraction skipped as unreadable have no
+prediction; fine-tuning lists them in ``run.json`` and they are left out of the
+score (and counted in ``left_out_questions``).
 """
 from __future__ import annotations
 
@@ -127,9 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(args.predictions, load_annotations(args.questions, args.annotations),
-                      load_annotations(args.train_questions, args.train_annotations))
     info = read_json(args.run_info) if args.run_info else {}
+    left_out = {int(qid) for qid in info.get("left_out_eval_questions", [])}
+    annotations = [a for a in load_annotations(args.questions, args.annotations) if a["question_id"] not in left_out]
+    if left_out:
+        log.warning("left out %d questions about images skipped at feature extraction (%s)", len(left_out), args.run_info)
+    result = evaluate(args.predictions, annotations, load_annotations(args.train_questions, args.train_annotations))
     attention = info.get("attention", {"mode": "full", "threshold": 0.0, "window": None})
     doc = {
         "dataset": args.dataset,
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "readout": info.get("readout", "cls"),
         "seed": info.get("seed"),
         **result,
+        "left_out_questions": len(left_out),
         "predictions": args.predictions,
     }
     write_json(args.output, doc)

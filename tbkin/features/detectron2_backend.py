@@ -5,15 +5,23 @@ R-CNN ports. detectron2 is not on PyPI; this module is only usable where it is
 installed, and raises DetectorError otherwise. Region selection is the same
 function as for the torchvision backend; detectron2's class order (background last)
 is mapped to this package's (background = class id 0).
+
+No code runs from the weights or the config file: detectron2 reads ``.pkl`` weights
+with a plain ``pickle.load`` and a config's YAML tags with ``yaml.unsafe_load``, so
+weights go through :func:`read_detectron2_weights` (numpy arrays and plain
+containers only) and the config is read with ``allow_unsafe=False``.
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from tbkin.data.loaders import safe_load_pickle
+from tbkin.errors import DataFormatError, UnsafePickleError
 from tbkin.features.detector import (
     BACKGROUND,
     DetectedRegions,
@@ -22,6 +30,80 @@ from tbkin.features.detector import (
     read_label_map,
     select_regions,
 )
+
+WEIGHT_SUFFIXES = (".pkl", ".pth", ".pt", ".safetensors")
+# What a pickled numpy array needs (numpy 1 and 2 module names, pickle protocols 2-5);
+# none of these can import or call anything else.
+NUMPY_ARRAY_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # protocol 2 written by Python 3 stores bytes this way
+    ("collections", "OrderedDict"),
+})
+
+
+def _read_weights_pickle(path: Path) -> dict[str, Any]:
+    """A detectron2 / Detectron1 ``.pkl`` as the checkpoint dict detectron2 builds from it."""
+    try:
+        # latin1: Detectron1 / Caffe2 pickles come from Python 2
+        data = safe_load_pickle(path, NUMPY_ARRAY_GLOBALS, encoding="latin1")
+    except UnsafePickleError as exc:
+        raise DetectorError(f"{exc}; detector weights may hold only arrays (convert them to .safetensors "
+                            "where they were made)") from None
+    except DataFormatError as exc:
+        raise DetectorError(f"cannot load detector weights: {exc}") from None
+    if not isinstance(data, dict):
+        raise DetectorError(f"{path}: detector weights should hold a dict, got {type(data).__name__}")
+    if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+        checkpoint = data
+    else:  # Caffe2 / Detectron1 model zoo, as detectron2's own loader reads it
+        blobs = data.get("blobs", data)
+        if not isinstance(blobs, dict):
+            raise DetectorError(f"{path}: 'blobs' should be a dict of arrays, got {type(blobs).__name__}")
+        checkpoint = {"model": {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")},
+                      "__author__": "Caffe2", "matching_heuristics": True}
+    if not isinstance(checkpoint["model"], dict):
+        raise DetectorError(f"{path}: 'model' should be a dict of arrays")
+    for key, value in checkpoint["model"].items():
+        if not isinstance(value, np.ndarray) or value.dtype == object:
+            raise DetectorError(f"{path}: weight '{key}' is a {type(value).__name__}, not a numeric array")
+    return checkpoint
+
+
+def read_detectron2_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict ``DetectionCheckpointer`` loads (``{"model": state, ...}``),
+    read without running code from the file: ``.pkl`` (numpy arrays only),
+    ``.pth`` / ``.pt`` (``torch.load(weights_only=True)``) or ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorError(f"detector weights not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".pkl":
+        return _read_weights_pickle(path)
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return {"model": load_file(str(path))}
+        except (SafetensorError, OSError) as exc:
+            raise DetectorError(f"cannot load detector weights {path}: {exc}") from None
+    if suffix in (".pth", ".pt"):
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors come in many types
+            raise DetectorError(f"cannot load detector weights {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise DetectorError(f"{path}: detector weights should hold a dict, got {type(loaded).__name__}")
+        return loaded if "model" in loaded else {"model": loaded}
+    raise DetectorError(f"{path}: unknown detector weights format; the detectron2 backend reads "
+                        f"{', '.join(WEIGHT_SUFFIXES)}")
 
 
 def _import_detectron2():
@@ -53,11 +135,20 @@ class Detectron2RegionDetector:
         if label_map is None:
             raise DetectorError("the detectron2 backend needs detector.label_map (JSON list, index 0 = background)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        checkpoint = read_detectron2_weights(weights)  # before building: a bad file fails fast
         cfg = get_cfg()
-        cfg.merge_from_file(str(config_file))
+        try:
+            cfg.merge_from_file(str(config_file), allow_unsafe=False)  # YAML tags must not construct objects
+        except Exception as exc:  # yaml and yacs errors come in many types
+            raise DetectorError(f"cannot read detectron2 config file {config_file} (detector.architecture): {exc}") from None
         cfg.MODEL.DEVICE = str(self.device)
         self.model = build_model(cfg).eval()
-        DetectionCheckpointer(self.model).load(str(weights))
+
+        class PreloadedCheckpointer(DetectionCheckpointer):
+            def _load_file(self, filename):
+                return checkpoint
+
+        PreloadedCheckpointer(self.model).load(str(weights))
         self.input_format = cfg.INPUT.FORMAT
         self.resize = transforms.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         names = read_label_map(label_map)

@@ -94,7 +94,7 @@ def extract_features(
                 if not skip_bad_images:
                     raise error
                 log.warning("skipping %s", error)
-                writer.skip(record.file_name)
+                writer.skip(record.file_name, record.image_id)
             for record, regions in zip(batch.records, detector.detect(batch.arrays, selection)):
                 writer.append(
                     record.image_id, regions.width, regions.height,

@@ -16,7 +16,9 @@ scores         (N, m)       float32 detection confidence, 0 for padding
 =============  ===========  ===================================================
 
 File attributes: ``label_names`` (JSON list, index = class id), ``feature_dim``,
-``num_regions``, ``skipped_images`` (JSON list of unreadable image files).
+``num_regions``, ``skipped_images`` (JSON list of unreadable image files) and
+``skipped_image_ids`` (their image ids: later stages leave out the questions and
+expressions of these images).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
-from tbkin.atomic import atomic_path, write_text
+from tbkin.atomic import atomic_path, remove_stale_partials, write_text
 from tbkin.errors import TbkinError
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class RegionFeatureWriter:
 
     Writes to a temporary sibling and renames it onto ``path`` on ``close()`` (or at the
     end of a ``with`` block without error), so a crash never leaves a partial file.
+    Temporaries of ``path`` left by a killed earlier run are deleted first.
     """
 
     def __init__(
@@ -101,9 +104,12 @@ class RegionFeatureWriter:
         self.num_regions = int(num_regions)
         self.feature_dim = int(feature_dim)
         self.skipped: list[str] = []
+        self.skipped_ids: list[int] = []
         self.count = 0
         self._pending: list[dict] = []
         self._last_id: int | None = None
+        for stale in remove_stale_partials(self.path):
+            log.info("removed %s, left by an interrupted run", stale)
         self._atomic = atomic_path(self.path, suffix=".h5")
         tmp = self._atomic.__enter__()
         self._file = h5py.File(tmp, "w")
@@ -191,16 +197,21 @@ class RegionFeatureWriter:
         self._write_row({name: source[name][index] for name in self._datasets})
         self._last_id = image_id
 
-    def skip(self, file_name: str) -> None:
+    def skip(self, file_name: str, image_id: int | None = None) -> None:
         self.skipped.append(file_name)
+        if image_id is not None:
+            self.skipped_ids.append(int(image_id))
 
     def close(self) -> None:
         self.flush()
         self._file.attrs["skipped_images"] = json.dumps(self.skipped)
+        self._file.attrs["skipped_image_ids"] = json.dumps(sorted(self.skipped_ids))
         self._file.close()
         self._atomic.__exit__(None, None, None)
         if self.skipped:
             write_text(skipped_list_path(self.path), "".join(f"{name}\n" for name in self.skipped))
+        else:  # a list from an earlier run of this output would be stale
+            skipped_list_path(self.path).unlink(missing_ok=True)
 
     def abort(self, exc: BaseException) -> None:
         self._file.close()
@@ -233,6 +244,7 @@ class RegionFeatureReader:
             self.num_regions = int(handle.attrs["num_regions"])
             self.feature_dim = int(handle.attrs["feature_dim"])
             self.skipped_images: list[str] = json.loads(handle.attrs.get("skipped_images", "[]"))
+            self.skipped_image_ids: set[int] = set(json.loads(handle.attrs.get("skipped_image_ids", "[]")))
         except KeyError as exc:
             raise FeatureFileError(f"{self.path}: not a region-feature file (missing {exc})") from None
         self._row = {int(i): r for r, i in enumerate(self.image_ids)}
@@ -327,6 +339,7 @@ def combine_shards(shards: Iterable[str | os.PathLike], output: str | os.PathLik
             for row, image_id in enumerate(handle["image_id"][:])
         )
         skipped = [name for _, h in handles for name in json.loads(h.attrs.get("skipped_images", "[]"))]
+        skipped_ids = [i for _, h in handles for i in json.loads(h.attrs.get("skipped_image_ids", "[]"))]
         writer = RegionFeatureWriter(
             output,
             int(first.attrs["num_regions"]),
@@ -339,6 +352,7 @@ def combine_shards(shards: Iterable[str | os.PathLike], output: str | os.PathLik
                 writer.copy_row(handles[shard][1], row)
             for name in skipped:
                 writer.skip(name)
+            writer.skipped_ids.extend(int(i) for i in skipped_ids)
         return len(order)
     finally:
         for _, handle in handles:

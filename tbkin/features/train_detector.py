@@ -185,7 +185,8 @@ def evaluate(
         per_class = {}
         for k, cat_id in enumerate(evaluator.params.catIds):
             p = precision[0, :, k, 0, -1]
-            per_class[gt.cats[cat_id]["name"]] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+            # null: the class has no validation boxes (NaN is not JSON)
+            per_class[gt.cats[cat_id]["name"]] = float(p[p > -1].mean()) if (p > -1).any() else None
         metrics.update({
             "map_50": float(evaluator.stats[1]),
             "map_50_95": float(evaluator.stats[0]),

@@ -356,7 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count-parses", nargs="+", required=True,
                         help="parses.parquet of every split: co-occurrence counts are dataset-wide")
     parser.add_argument("--features", required=True, help="region features HDF5 of the split")
-    parser.add_argument("--word-vectors", required=True, help="KeyedVectors file (word-vectors)")
+    parser.add_argument("--word-vectors", required=True, help="word2vec binary file written by `tbkin word-vectors`")
     parser.add_argument("--min-confidence", type=float, default=0.5, help="text.min_detection_confidence")
     parser.add_argument("--min-similarity", type=float, default=0.5, help="text.cross_modal_min_similarity")
     parser.add_argument("--batch-size", type=int, default=2048, help="pairs per processing chunk")

@@ -12,16 +12,24 @@ Interface::
 ``cache=True`` (the default): a few MB for ``shapes``; real datasets pass
 ``cache=False`` and read one image at a time (the reader reopens its file after a
 fork, so DataLoader workers can share a store).
+
+Images that feature extraction skipped as unreadable (``features.skip_bad_images``)
+are listed in the feature file; :func:`leave_out_skipped_images` drops the texts
+about them, and says how many, instead of failing on their missing regions.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import torch
 
 from tbkin.model.modeling_tbkin import TbkinInputs
+
+log = logging.getLogger(__name__)
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -69,6 +77,11 @@ class RegionStore:
     def label_names(self) -> list[str]:
         return self.reader.label_names
 
+    @property
+    def skipped_image_ids(self) -> set[int]:
+        """Images left out at extraction because they could not be read."""
+        return self.reader.skipped_image_ids
+
     def __contains__(self, image_id: int) -> bool:
         return image_id in self.reader
 
@@ -91,6 +104,27 @@ class RegionStore:
         if self.cache is not None:
             self.cache[image_id] = regions
         return regions
+
+
+def leave_out_skipped_images(items: Iterable[Item], image_id: Callable[[Item], int], store: RegionStore,
+                             what: str, source: str | Path) -> tuple[list[Item], list[Item]]:
+    """(kept, left out): ``items`` (questions, expressions, ...) about images the
+    extraction skipped are left out, and their number logged. Items about images that
+    are neither in the store nor skipped are kept, for the caller's missing-region error."""
+    items = list(items)
+    skipped = store.skipped_image_ids
+    if not skipped:
+        return items, []
+    kept, left_out = [], []
+    for item in items:
+        (left_out if image_id(item) in skipped else kept).append(item)
+    if left_out:
+        from tbkin.features.hdf5 import skipped_list_path
+
+        log.warning("%s: left out %d of %d %s about %d images that feature extraction skipped as unreadable "
+                    "(listed in %s)", source, len(left_out), len(items), what,
+                    len({image_id(i) for i in left_out}), skipped_list_path(store.path))
+    return kept, left_out
 
 
 @dataclass

@@ -28,7 +28,7 @@ from tbkin.data.loaders import Ref, load_refcoco
 from tbkin.errors import DataFormatError
 from tbkin.evaluate.rec_boxes import HIT_IOU, RecTargets, decode_deltas, rec_targets, xywh_to_xyxy, xyxy_to_xywh
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
-from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
+from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
     add_training_arguments,
     batched,
@@ -72,8 +72,15 @@ class RecExample:
     targets: RecTargets
 
 
-def load_examples(refs: list[Ref], encoder: TextEncoder, store: RegionStore) -> list[RecExample]:
-    """One example per (expression, referred object); targets computed once per ref."""
+def load_examples(refs: list[Ref], encoder: TextEncoder, store: RegionStore,
+                  left_out: list[int] | None = None) -> list[RecExample]:
+    """One example per (expression, referred object); targets computed once per ref.
+
+    Refs of images the feature extraction skipped are left out; the sent_ids of their
+    expressions are appended to ``left_out`` when it is given."""
+    refs, skipped = leave_out_skipped_images(refs, lambda r: r.image_id, store, "refs", "RefCOCO refs")
+    if left_out is not None:
+        left_out += [s.sent_id for ref in skipped for s in ref.sentences]
     missing = [r.image_id for r in refs if r.image_id not in store]
     if missing:
         raise DataFormatError(f"{store.path}: no regions for image {missing[0]} (a RefCOCO image)")
@@ -151,8 +158,9 @@ def _run(args: argparse.Namespace, ctx) -> int:
     backbone = load_backbone(args.pretrained, attention)
     encoder = TextEncoder(backbone.tokenizer, backbone.config.max_text_len)
     store = RegionStore(args.features)
-    train_set = load_examples(by_split[args.train_split], encoder, store)
-    eval_sets = {s: load_examples(by_split[s], encoder, store) for s in args.eval_splits}
+    left_out: dict[str, list[int]] = {s: [] for s in [args.train_split, *args.eval_splits]}
+    train_set = load_examples(by_split[args.train_split], encoder, store, left_out[args.train_split])
+    eval_sets = {s: load_examples(by_split[s], encoder, store, left_out[s]) for s in args.eval_splits}
     torch.manual_seed(args.seed)
     model = RecScorer(backbone)
 
@@ -167,6 +175,9 @@ def _run(args: argparse.Namespace, ctx) -> int:
     predictions = {s: predict(model, ex, store, 4 * args.batch_size, ctx.device) for s, ex in eval_sets.items()}
     run_info = {"task": "rec", "attention": asdict(attention), "seed": args.seed, "settings": asdict(settings),
                 "train_expressions": len(train_set),
+                # expressions about images skipped at extraction; eval-rec leaves these sent_ids out
+                "left_out_train_expressions": len(left_out[args.train_split]),
+                "left_out_eval_expressions": {s: left_out[s] for s in args.eval_splits},
                 "proposal_upper_bound": {s: proposal_upper_bound(ex) for s, ex in eval_sets.items()},
                 "world_size": ctx.world_size, "threads": args.threads, **stats}
     save_finetuned(args.out_dir, model.backbone, model.head, run_info)

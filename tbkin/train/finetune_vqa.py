@@ -28,7 +28,7 @@ from tbkin.errors import DataFormatError
 from tbkin.data.loaders import load_vqa
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinOutput
 from tbkin.train.answers import AnswerVocab
-from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate
+from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
     add_training_arguments,
     batched,
@@ -96,15 +96,23 @@ class VqaQuestion:
 
 
 def load_questions(questions_path: str, annotations_path: str | None, encoder: TextEncoder,
-                   store: RegionStore, vocab: AnswerVocab | None) -> list[VqaQuestion]:
-    """Questions of a split (with soft targets when ``vocab`` and annotations are given)."""
+                   store: RegionStore, vocab: AnswerVocab | None,
+                   left_out: list[int] | None = None) -> list[VqaQuestion]:
+    """Questions of a split (with soft targets when ``vocab`` and annotations are given).
+
+    Questions about images the feature extraction skipped are left out; their ids are
+    appended to ``left_out`` when it is given."""
     dataset = load_vqa(questions_path, annotations_path)
-    missing = [q.image_id for q in dataset.questions if q.image_id not in store]
+    questions, skipped = leave_out_skipped_images(dataset.questions, lambda q: q.image_id, store,
+                                                  "questions", questions_path)
+    if left_out is not None:
+        left_out += [q.question_id for q in skipped]
+    missing = [q.image_id for q in questions if q.image_id not in store]
     if missing:
         raise DataFormatError(f"{store.path}: no regions for image {missing[0]} (asked by {questions_path})")
-    encoded = encoder.encode_many([q.question for q in dataset.questions])
+    encoded = encoder.encode_many([q.question for q in questions])
     out = []
-    for q, text in zip(dataset.questions, encoded):
+    for q, text in zip(questions, encoded):
         targets = vocab.soft_targets([a.answer for a in q.answers]) if vocab is not None and q.answers else {}
         out.append(VqaQuestion(q.question_id, q.image_id, text, targets))
     return out
@@ -161,8 +169,10 @@ def _run(args: argparse.Namespace, ctx) -> int:
     consensus = [q.multiple_choice_answer for q in load_vqa(args.train_questions, args.train_annotations).questions]
     vocab = AnswerVocab.build(consensus, args.min_answer_count)
     log.info("answer vocabulary: %d answers (min count %d)", len(vocab), args.min_answer_count)
-    train_set = load_questions(args.train_questions, args.train_annotations, encoder, train_store, vocab)
-    eval_set = load_questions(args.eval_questions, None, encoder, eval_store, None)
+    left_out_train: list[int] = []
+    left_out_eval: list[int] = []
+    train_set = load_questions(args.train_questions, args.train_annotations, encoder, train_store, vocab, left_out_train)
+    eval_set = load_questions(args.eval_questions, None, encoder, eval_store, None, left_out_eval)
     torch.manual_seed(args.seed)   # the head's initialisation depends on the seed only
     model = VqaClassifier(backbone, len(vocab), args.readout)
     bce = nn.BCEWithLogitsLoss(reduction="sum")
@@ -180,6 +190,8 @@ def _run(args: argparse.Namespace, ctx) -> int:
     run_info = {"task": "vqa", "attention": asdict(attention), "readout": args.readout, "seed": args.seed,
                 "settings": asdict(settings),
                 "num_answers": len(vocab), "train_questions": len(train_set), "eval_questions": len(eval_set),
+                # questions about images skipped at extraction; eval-vqa leaves these ids out of the score
+                "left_out_train_questions": len(left_out_train), "left_out_eval_questions": left_out_eval,
                 "world_size": ctx.world_size, "threads": args.threads, **stats}
     save_finetuned(args.out_dir, model.backbone, model.head, run_info)
     write_json(args.predictions, predictions, indent=None)

@@ -29,6 +29,7 @@ if DET["train"]:
             min_size=DET["min_size"],
             max_size=DET["max_size"],
             seed=config["seed"],
+            precision=PRECISION,
         threads: 8  # at most --cores: Snakemake caps threads at the cores it is given
         resources:
             mem_mb=4000,
@@ -44,7 +45,8 @@ if DET["train"]:
             " --val-instances {params.val_instances:q} --val-images {params.val_images:q}"
             " --weights {output.weights:q} --metrics {output.metrics:q} --iterations {params.iterations}"
             " --batch-size {params.batch_size} --lr {params.lr} --min-size {params.min_size}"
-            " --max-size {params.max_size} --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+            " --max-size {params.max_size} --seed {params.seed} --threads {threads}"
+            " --precision {params.precision:q} > {log:q} 2>&1"
 
 
 rule extract_features:
@@ -64,6 +66,7 @@ rule extract_features:
         min_score=FEAT["min_score"],
         nms_iou=FEAT["nms_iou"],
         batch_size=FEAT["batch_size"],
+        precision=PRECISION,
         flags=" ".join(
             (["--float16"] if FEAT["float16"] else []) + (["--skip-bad-images"] if FEAT["skip_bad_images"] else [])
         ),
@@ -84,7 +87,7 @@ rule extract_features:
         "tbkin extract-features {params.detector} {params.image_list} --images {params.images:q}"
         " --shard {wildcards.shard} --num-shards {params.num_shards} --num-regions {params.num_regions}"
         " --min-score {params.min_score} --nms-iou {params.nms_iou} --batch-size {params.batch_size}"
-        " {params.flags} --threads {threads} --output {output:q} > {log:q} 2>&1"
+        " {params.flags} --threads {threads} --precision {params.precision:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule combine_features:

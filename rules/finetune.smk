@@ -26,6 +26,7 @@ VQA_FT_PARAMS = dict(
     lr=FT["vqa"]["lr"],
     min_answer_count=FT["vqa"]["min_answer_count"],
     readout=FT["vqa"]["readout"],
+    precision=PRECISION,
 )
 VQA_FT_SHELL = (
     "{params.launcher} finetune-vqa --pretrained {params.pretrained:q}"
@@ -34,7 +35,7 @@ VQA_FT_SHELL = (
     " --eval-features {input.val_features:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
     " {params.attention} --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
     " --min-answer-count {params.min_answer_count} --readout {params.readout:q} --seed {params.seed} --threads {params.proc_threads}"
-    " > {log:q} 2>&1"
+    " --precision {params.precision:q} > {log:q} 2>&1"
 )
 
 REC_FT_INPUT = dict(ready=DATA_READY, pretrained=PRETRAIN_CKPT, features=FEATURES.format(split="train"))
@@ -45,13 +46,14 @@ REC_FT_PARAMS = dict(
     eval_splits=shell_words(REC_EVAL_SPLITS),
     batch_size=FT["rec"]["batch_size"],
     lr=FT["rec"]["lr"],
+    precision=PRECISION,
 )
 REC_FT_SHELL = (
     "{params.launcher} finetune-rec --pretrained {params.pretrained:q} --refs {params.refs:q}"
     " --refs-instances {params.refs_instances:q} --features {input.features:q}"
     " --eval-splits {params.eval_splits} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
     " {params.attention} --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-    " --seed {params.seed} --threads {params.proc_threads} > {log:q} 2>&1"
+    " --seed {params.seed} --threads {params.proc_threads} --precision {params.precision:q} > {log:q} 2>&1"
 )
 
 

@@ -37,6 +37,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from tbkin.atomic import atomic_path, write_json
 from tbkin.errors import TbkinError
+from tbkin.precision import autocast, resolve_precision
 
 BACKGROUND = "__background__"
 SMALL_ARCHITECTURE = "small_fasterrcnn"
@@ -394,8 +395,10 @@ def select_regions(
 class TorchvisionRegionDetector:
     """RegionDetector over any torchvision GeneralizedRCNN with a box head."""
 
-    def __init__(self, model: GeneralizedRCNN, arch: DetectorArchitecture, device: torch.device | str | None = None):
+    def __init__(self, model: GeneralizedRCNN, arch: DetectorArchitecture, device: torch.device | str | None = None,
+                 precision: str = "fp32"):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.arch = arch
         self.label_names = list(arch.label_names)
@@ -408,6 +411,10 @@ class TorchvisionRegionDetector:
     def detect(self, images: Sequence[np.ndarray], selection: RegionSelection) -> list[DetectedRegions]:
         if not images:
             return []
+        with autocast(self.device, self.precision):
+            return self._detect(images, selection)
+
+    def _detect(self, images: Sequence[np.ndarray], selection: RegionSelection) -> list[DetectedRegions]:
         model = self.model
         tensors = [self._to_tensor(img) for img in images]
         original_sizes = [tuple(t.shape[-2:]) for t in tensors]
@@ -419,8 +426,9 @@ class TorchvisionRegionDetector:
         heads = model.roi_heads
         box_features = heads.box_head(heads.box_roi_pool(fmaps, proposals, image_list.image_sizes))
         class_logits, box_regression = heads.box_predictor(box_features)
-        class_boxes = heads.box_coder.decode(box_regression, proposals)
-        probs = F.softmax(class_logits, dim=-1)
+        # Boxes and scores in fp32 whatever the precision: NMS and the top-m cut compare them.
+        class_boxes = heads.box_coder.decode(box_regression.float(), proposals)
+        probs = F.softmax(class_logits.float(), dim=-1)
         counts = [len(p) for p in proposals]
 
         selected = [
@@ -458,6 +466,7 @@ def load_region_detector(
     min_size: int = 800,
     max_size: int = 1333,
     device: str | None = None,
+    precision: str = "fp32",
 ) -> RegionDetector:
     if backend == "detectron2":
         from tbkin.features.detectron2_backend import Detectron2RegionDetector
@@ -466,4 +475,4 @@ def load_region_detector(
     if backend != "torchvision":
         raise DetectorError(f"unknown detector backend '{backend}' (torchvision | detectron2)")
     model, arch = load_torch_model(weights, label_map, architecture, min_size, max_size)
-    return TorchvisionRegionDetector(model, arch, device)
+    return TorchvisionRegionDetector(model, arch, device, precision)

@@ -25,6 +25,7 @@ from tbkin.features.coco import ImageRecord, load_detection_data
 from tbkin.features.detector import RegionDetector, RegionSelection, load_region_detector
 from tbkin.features.hdf5 import RegionFeatureWriter
 from tbkin.features.images import load_rgb
+from tbkin.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad-images", action="store_true", help="list unreadable images instead of failing")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="train.precision (torchvision backend)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         records = []
     part = records[shard_slice(len(records), args.shard, args.num_shards, args.batch_size)]
     detector = load_region_detector(
-        args.weights, args.backend, args.label_map, args.architecture, args.min_size, args.max_size, args.device
+        args.weights, args.backend, args.label_map, args.architecture, args.min_size, args.max_size, args.device,
+        args.precision,
     )
     log.info("shard %d/%d: %d of %d images on %s", args.shard, args.num_shards, len(part), len(records), detector.device)
     summary = extract_features(

@@ -31,6 +31,7 @@ from tbkin.features.detector import (
     save_detector,
 )
 from tbkin.features.images import load_rgb
+from tbkin.precision import PRECISIONS, autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class TrainingSettings:
     warmup: int = 50
     seed: int = 0
     log_every: int = 50
+    precision: str = "fp32"   # resolved (bf16 | fp32): see tbkin.precision
 
 
 def load_samples(data: DetectionData, image_dir: str | os.PathLike) -> list[DetectionSample]:
@@ -115,8 +117,9 @@ def train(samples: list[DetectionSample], arch: DetectorArchitecture, settings: 
         del order[: settings.batch_size]
         images = [s.image.float().div_(255.0) for s in batch]
         targets = [{"boxes": s.boxes, "labels": s.labels, "attributes": s.attributes} for s in batch]
-        losses = model(images, targets)
-        loss = sum(losses.values())
+        with autocast("cpu", settings.precision):
+            losses = model(images, targets)
+        loss = sum(value.float() for value in losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -138,6 +141,7 @@ def evaluate(
     data: DetectionData,
     instances_path: str | os.PathLike,
     batch_size: int = 16,
+    precision: str = "fp32",
 ) -> dict:
     """COCO box mAP (pycocotools) and attribute accuracy of the head on ground-truth boxes."""
     from pycocotools.coco import COCO
@@ -153,7 +157,9 @@ def evaluate(
         chunk = samples[start : start + batch_size]
         records = data.images[start : start + batch_size]
         images = [s.image.float().div_(255.0) for s in chunk]
-        for record, out in zip(records, model(images)):
+        with autocast("cpu", precision):
+            outputs = model(images)
+        for record, out in zip(records, outputs):
             for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
                 x1, y1, x2, y2 = box
                 detections.append({
@@ -215,6 +221,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="train.precision")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -225,14 +232,16 @@ def run(args: argparse.Namespace) -> int:
     log.info("classes %s, attributes %s, anchors %s", arch.label_names[1:], arch.attribute_names, arch.anchor_sizes)
     settings = TrainingSettings(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        warmup=min(50, max(1, args.iterations // 8)),
+        warmup=min(50, max(1, args.iterations // 8)), precision=resolve_precision(args.precision, "cpu"),
     )
     started = time.perf_counter()
     model, history = train(load_samples(train_data, args.train_images), arch, settings)
     train_seconds = time.perf_counter() - started
     save_detector(model, arch, args.weights)
-    metrics = evaluate(model, arch, load_samples(val_data, args.val_images), val_data, args.val_instances)
-    metrics.update({"train_seconds": round(train_seconds, 1), "iterations": args.iterations, "threads": args.threads, "loss_history": history})
+    metrics = evaluate(model, arch, load_samples(val_data, args.val_images), val_data, args.val_instances,
+                       precision=settings.precision)
+    metrics.update({"train_seconds": round(train_seconds, 1), "iterations": args.iterations, "threads": args.threads,
+                    "precision": settings.precision, "loss_history": history})
     write_json(args.metrics, metrics)
     log.info("box mAP@0.5 %.3f, mAP@[.5:.95] %.3f, trained in %.0f s", metrics["map_50"], metrics["map_50_95"], train_seconds)
     return 0

@@ -2,15 +2,14 @@
 
 * :func:`load_backbone` — the pretrained TBKIN encoder with the fine-tuning attention
   switched on (threshold T, or a local window for the paper's Table 2 baseline).
-* :func:`train` — epochs over an in-memory example list: AdamW, linear warm-up and
-  decay, progress bar, JSONL loss log, a resumable training state saved after every
-  epoch (``tbkin.train.loop``), and data-parallel training when launched by
-  ``torchrun`` (each process takes every world_size-th example of the epoch's
-  permutation; the global batch stays ``batch_size``).
+* :func:`train` — epochs over an in-memory example list, run by the shared training
+  loop (:func:`tbkin.train.loop.train_loop`: precision, AdamW, warm-up and decay,
+  progress bar, JSONL loss log, a resumable state saved after every epoch, and
+  data-parallel training when launched by ``torchrun``).
 * :func:`save_finetuned` / :func:`load_finetuned` — the fine-tuned encoder as a TBKIN
   checkpoint (``model.safetensors`` + ``config.json`` + tokenizer) beside the task
   head (``head.safetensors``) and ``run.json`` (task, attention setting, seed,
-  epochs, timing).
+  epochs, precision, timing).
 """
 from __future__ import annotations
 
@@ -18,28 +17,26 @@ import argparse
 import logging
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 from tbkin.atomic import atomic_path, write_json
 from tbkin.data.loaders import read_json
 from tbkin.model.modeling_tbkin import TbkinModel
+from tbkin.precision import PRECISIONS
 from tbkin.train.loop import (
+    Batch,
     DistributedContext,
-    JsonlLogger,
-    autocast,
+    LoopSettings,
     cleanup_distributed,
-    linear_warmup_decay,
-    load_checkpoint,
-    save_checkpoint,
+    epoch_order,
     setup_distributed,
+    train_loop,
     unwrap,
 )
 
@@ -70,6 +67,7 @@ class FinetuneSettings:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     log_every: int = 10
+    precision: str = "auto"
 
 
 def load_backbone(pretrained_dir: str | Path, attention: AttentionSetting) -> TbkinModel:
@@ -84,69 +82,41 @@ def make_head(in_dim: int, out_dim: int) -> nn.Sequential:
                          nn.Linear(2 * in_dim, out_dim))
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(num_examples, generator=gen).tolist()
-
-
 def train(
     module: nn.Module,
     num_examples: int,
-    batch_loss: Callable[[nn.Module, Sequence[int]], torch.Tensor],
+    make_batch: Callable[[list[int]], Batch],
+    compute_losses: Callable[[nn.Module, Batch], dict[str, torch.Tensor]],
     settings: FinetuneSettings,
     ctx: DistributedContext,
     out_dir: str | Path,
     desc: str = "fine-tune",
 ) -> dict:
-    """Train ``module`` for ``settings.epochs``; ``batch_loss(module, indices)`` -> scalar loss.
+    """Train ``module`` for ``settings.epochs`` epochs with the shared loop (:func:`train_loop`).
 
-    Returns timing stats. Resumes from ``out_dir/state`` when a previous run was cut off.
+    ``make_batch(indices)`` builds the batch of those examples; each process takes every
+    world_size-th slot of the epoch's permutation, so the global batch stays
+    ``batch_size``. Resumes from ``out_dir/state`` (saved after every epoch) when a
+    previous run was cut off. Returns the loop's statistics for ``run.json``.
     """
     out_dir = Path(out_dir)
     per_rank = max(1, settings.batch_size // ctx.world_size)
     steps_per_epoch = max(1, num_examples // (per_rank * ctx.world_size))
     total = steps_per_epoch * settings.epochs
-    module.to(ctx.device)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = linear_warmup_decay(optimizer, math.ceil(settings.warmup_fraction * total), total)
-    state_dir = out_dir / STATE_DIR
-    step = load_checkpoint(state_dir, module, optimizer, scheduler, map_location=ctx.device) or 0
-    torch.manual_seed(settings.seed * 7919 + step + ctx.rank)  # dropout stream, per process
-    train_module = module
-    if ctx.distributed:
-        train_module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    logger = JsonlLogger(out_dir / "log.jsonl", resume_step=step or None, enabled=ctx.is_main)
-    train_module.train()
-    start = time.perf_counter()
-    first_step = step
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not ctx.is_main, mininterval=2.0)
-    while step < total:
+
+    def batch_of_step(step: int, rank: int) -> Batch:
         epoch, within = divmod(step, steps_per_epoch)
         order = epoch_order(num_examples, settings.seed, epoch)
-        lo = (within * ctx.world_size + ctx.rank) * per_rank
-        indices = [order[i % num_examples] for i in range(lo, lo + per_rank)]
-        with autocast(ctx.device):
-            loss = batch_loss(train_module, indices)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        if step % settings.log_every == 0 or step == total:
-            logger.write({"step": step, "epoch": epoch, "loss": float(loss.detach()),
-                          "lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if step % steps_per_epoch == 0 and step < total and ctx.is_main:
-            save_checkpoint(state_dir, module, optimizer, scheduler, step, config=asdict(settings))
-    bar.close()
-    logger.close()
-    seconds = time.perf_counter() - start
-    done = step - first_step
-    return {"steps": total, "steps_this_run": done, "train_seconds": round(seconds, 1),
-            "samples_per_second": round(done * per_rank * ctx.world_size / max(seconds, 1e-9), 1)}
+        first = (within * ctx.world_size + rank) * per_rank
+        return make_batch([int(order[i % num_examples]) for i in range(first, first + per_rank)])
+
+    loop = LoopSettings(steps=total, lr=settings.lr, warmup_steps=math.ceil(settings.warmup_fraction * total),
+                        seed=settings.seed, precision=settings.precision, weight_decay=settings.weight_decay,
+                        log_every=settings.log_every, checkpoint_every=steps_per_epoch,
+                        samples_per_step=per_rank * ctx.world_size, steps_per_epoch=steps_per_epoch)
+    result = train_loop(module, batch_of_step, compute_losses, loop, ctx, out_dir / STATE_DIR,
+                        out_dir / "log.jsonl", desc=desc, fingerprint=asdict(settings))
+    return result.stats()
 
 
 def save_finetuned(out_dir: str | Path, backbone: TbkinModel, head: nn.Module, run_info: dict) -> None:
@@ -185,12 +155,15 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="train.precision: bf16 autocast where the device supports it (auto), or fixed")
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[AttentionSetting, FinetuneSettings]:
     """The attention setting and optimisation settings given by :func:`add_training_arguments`."""
     return (AttentionSetting(args.mode, args.threshold, args.window),
-            FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed))
+            FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             precision=args.precision))
 
 
 def run_distributed(args: argparse.Namespace, body: Callable) -> int:

@@ -28,6 +28,7 @@ from tbkin.data.loaders import Ref, load_refcoco
 from tbkin.errors import DataFormatError
 from tbkin.evaluate.rec_boxes import HIT_IOU, RecTargets, decode_deltas, rec_targets, xywh_to_xyxy, xyxy_to_xywh
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
+from tbkin.precision import autocast
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
     add_training_arguments,
@@ -101,24 +102,44 @@ def make_inputs(examples: list[RecExample], store: RegionStore, device) -> Tbkin
     return collate([e.text for e in examples], [store.get(e.ref.image_id) for e in examples]).to(device)
 
 
-def rec_loss(scores: torch.Tensor, deltas: torch.Tensor, examples: list[RecExample]) -> torch.Tensor:
+@dataclass
+class RecBatch:
+    inputs: TbkinInputs
+    rank: torch.Tensor          # [B, M] target distribution over the batch's region slots
+    positive: torch.Tensor      # [B, M] bool: regions with IoU >= 0.5 (box regression targets)
+    deltas: torch.Tensor        # [B, M, 4] box refinement targets
+
+    def to(self, device) -> "RecBatch":
+        return RecBatch(self.inputs.to(device), self.rank.to(device), self.positive.to(device), self.deltas.to(device))
+
+
+def make_batch(examples: list[RecExample], store: RegionStore) -> RecBatch:
+    inputs = make_inputs(examples, store, "cpu")
+    slots = inputs.region_mask.shape[1]   # the batch's region slots (see collate)
+    return RecBatch(inputs,
+                    rank=torch.stack([e.targets.rank[:slots] for e in examples]),
+                    positive=torch.stack([e.targets.positive[:slots] for e in examples]),
+                    deltas=torch.stack([e.targets.deltas[:slots] for e in examples]))
+
+
+def rec_loss(model: nn.Module, batch: RecBatch) -> dict[str, torch.Tensor]:
     """Soft cross-entropy of the rank scores + SmoothL1 of the positives' deltas."""
-    device, slots = scores.device, scores.shape[-1]   # the batch's region slots (see collate)
-    rank = torch.stack([e.targets.rank[:slots] for e in examples]).to(device)
-    positive = torch.stack([e.targets.positive[:slots] for e in examples]).to(device)
-    target_deltas = torch.stack([e.targets.deltas[:slots] for e in examples]).to(device)
-    rank_loss = -(rank * F.log_softmax(scores, dim=-1)).sum(-1).mean()
-    box_loss = F.smooth_l1_loss(deltas[positive], target_deltas[positive])
-    return rank_loss + box_loss
+    scores, deltas = model(batch.inputs)
+    rank_loss = -(batch.rank * F.log_softmax(scores.float(), dim=-1)).sum(-1).mean()
+    box_loss = F.smooth_l1_loss(deltas.float()[batch.positive], batch.deltas[batch.positive])
+    return {"rec": rank_loss + box_loss}
 
 
 @torch.no_grad()
-def predict(model: RecScorer, examples: list[RecExample], store: RegionStore, batch_size: int, device) -> list[dict]:
+def predict(model: RecScorer, examples: list[RecExample], store: RegionStore, batch_size: int, device,
+            precision: str = "fp32") -> list[dict]:
     model.eval()
     out = []
     for idx in batched(len(examples), batch_size):
         batch = [examples[i] for i in idx]
-        scores, deltas = model(make_inputs(batch, store, device))
+        with autocast(device, precision):
+            scores, deltas = model(make_inputs(batch, store, device))
+        scores, deltas = scores.float(), deltas.float()
         best = scores.argmax(dim=-1)
         for row, e in enumerate(batch):
             region = store.get(e.ref.image_id).boxes[int(best[row])]
@@ -164,15 +185,12 @@ def _run(args: argparse.Namespace, ctx) -> int:
     torch.manual_seed(args.seed)
     model = RecScorer(backbone)
 
-    def batch_loss(module: nn.Module, indices) -> torch.Tensor:
-        batch = [train_set[i] for i in indices]
-        scores, deltas = module(make_inputs(batch, store, ctx.device))
-        return rec_loss(scores, deltas, batch)
-
-    stats = train(model, len(train_set), batch_loss, settings, ctx, args.out_dir, desc="finetune-rec")
+    stats = train(model, len(train_set), lambda indices: make_batch([train_set[i] for i in indices], store),
+                  rec_loss, settings, ctx, args.out_dir, desc="finetune-rec")
     if not ctx.is_main:
         return 0
-    predictions = {s: predict(model, ex, store, 4 * args.batch_size, ctx.device) for s, ex in eval_sets.items()}
+    predictions = {s: predict(model, ex, store, 4 * args.batch_size, ctx.device, stats["precision"])
+                   for s, ex in eval_sets.items()}
     run_info = {"task": "rec", "attention": asdict(attention), "seed": args.seed, "settings": asdict(settings),
                 "train_expressions": len(train_set),
                 # expressions about images skipped at extraction; eval-rec leaves these sent_ids out

@@ -27,6 +27,7 @@ from tbkin.atomic import write_json
 from tbkin.errors import DataFormatError
 from tbkin.data.loaders import load_vqa
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinOutput
+from tbkin.precision import autocast
 from tbkin.train.answers import AnswerVocab
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
@@ -122,22 +123,40 @@ def make_inputs(examples: list[VqaQuestion], store: RegionStore, device) -> Tbki
     return collate([e.text for e in examples], [store.get(e.image_id) for e in examples]).to(device)
 
 
-def soft_target_matrix(examples: list[VqaQuestion], num_answers: int, device) -> torch.Tensor:
+def soft_target_matrix(examples: list[VqaQuestion], num_answers: int) -> torch.Tensor:
     target = torch.zeros(len(examples), num_answers)
     for row, e in enumerate(examples):
         for idx, score in e.targets.items():
             target[row, idx] = score
-    return target.to(device)
+    return target
+
+
+@dataclass
+class VqaBatch:
+    inputs: TbkinInputs
+    targets: torch.Tensor      # [B, num_answers] soft scores
+
+    def to(self, device) -> "VqaBatch":
+        return VqaBatch(self.inputs.to(device), self.targets.to(device))
+
+
+def vqa_loss(model: nn.Module, batch: VqaBatch) -> dict[str, torch.Tensor]:
+    """BCE on the soft scores, summed over answers and averaged over the batch (ROSITA / MCAN)."""
+    logits = model(batch.inputs).float()
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.targets, reduction="sum")
+    return {"vqa": bce / len(batch.targets)}
 
 
 @torch.no_grad()
 def predict(model: VqaClassifier, examples: list[VqaQuestion], store: RegionStore, vocab: AnswerVocab,
-            batch_size: int, device) -> list[dict]:
+            batch_size: int, device, precision: str = "fp32") -> list[dict]:
     model.eval()
     predictions = []
     for idx in batched(len(examples), batch_size):
         batch = [examples[i] for i in idx]
-        best = model(make_inputs(batch, store, device)).argmax(dim=-1).tolist()
+        with autocast(device, precision):
+            logits = model(make_inputs(batch, store, device))
+        best = logits.float().argmax(dim=-1).tolist()
         predictions += [{"question_id": e.question_id, "answer": vocab.answers[a]} for e, a in zip(batch, best)]
     return predictions
 
@@ -175,17 +194,15 @@ def _run(args: argparse.Namespace, ctx) -> int:
     eval_set = load_questions(args.eval_questions, None, encoder, eval_store, None, left_out_eval)
     torch.manual_seed(args.seed)   # the head's initialisation depends on the seed only
     model = VqaClassifier(backbone, len(vocab), args.readout)
-    bce = nn.BCEWithLogitsLoss(reduction="sum")
 
-    def batch_loss(module: nn.Module, indices) -> torch.Tensor:
-        batch = [train_set[i] for i in indices]
-        logits = module(make_inputs(batch, train_store, ctx.device)).float()
-        return bce(logits, soft_target_matrix(batch, len(vocab), ctx.device)) / len(batch)
+    def make_batch(indices: list[int]) -> VqaBatch:
+        examples = [train_set[i] for i in indices]
+        return VqaBatch(make_inputs(examples, train_store, "cpu"), soft_target_matrix(examples, len(vocab)))
 
-    stats = train(model, len(train_set), batch_loss, settings, ctx, args.out_dir, desc="finetune-vqa")
+    stats = train(model, len(train_set), make_batch, vqa_loss, settings, ctx, args.out_dir, desc="finetune-vqa")
     if not ctx.is_main:
         return 0
-    predictions = predict(model, eval_set, eval_store, vocab, 4 * args.batch_size, ctx.device)
+    predictions = predict(model, eval_set, eval_store, vocab, 4 * args.batch_size, ctx.device, stats["precision"])
     vocab.save(Path(args.out_dir) / "answers.json")
     run_info = {"task": "vqa", "attention": asdict(attention), "readout": args.readout, "seed": args.seed,
                 "settings": asdict(settings),

@@ -2,11 +2,13 @@
 
 ``tbkin pretrain --parses P --features F --entries E --out-dir D [settings]`` writes
 ``D/model.safetensors`` + ``config.json`` + tokenizer files (a :class:`TbkinModel`
-that fine-tuning loads with ``TbkinModel.from_pretrained(D)``) and ``D/log.jsonl``
-(one record per ``log_every`` steps: step, lr, loss, mlm, mrm, skm, itm, samples/s).
-Training state lives in ``D/state/`` (see :mod:`tbkin.train.loop`); rerunning the
-same command after an interruption resumes from the last checkpoint. A checkpoint
-written with different settings is discarded, not resumed.
+that fine-tuning loads with ``TbkinModel.from_pretrained(D)``), ``D/pretraining_heads.safetensors``
+(the MLM / MRM / ITM heads, which the grounding probe reads), ``D/run.json`` (settings,
+precision, steps, seconds, samples/s) and ``D/log.jsonl`` (one record per ``log_every``
+steps: step, lr, loss, mlm, mrm, skm, itm, samples_per_s, data_share). Training runs
+in the shared loop of :mod:`tbkin.train.loop`, with its state in ``D/state/``;
+rerunning the same command after an interruption resumes from the last checkpoint. A
+checkpoint written with different settings is discarded, not resumed.
 
 Corpus: the caption records of the training split (``source == "caption"`` rows of
 ``parses.parquet``; pair id = row index, as in the knowledge-entry Parquet). Each step
@@ -24,9 +26,9 @@ SKM-text = CE over word pieces; MRM and SKM-region = SmoothL1 feature regression
 CE over the detector's labels; ITM = CE on [CLS]. Each is averaged over its own
 positions; the total is their weighted sum (``task_weights``).
 
-Determinism: batch ``s`` on rank ``r`` is drawn from generators seeded by
-(seed, s, r), and dropout is reseeded the same way every step, so a CPU run is
-reproducible and a resumed run continues exactly where it stopped.
+Determinism: batch ``s`` on rank ``r`` is drawn from a generator seeded by
+``derive_seed(seed, s, r)``, and the loop reseeds dropout from the same function every
+step, so a CPU run is reproducible and a resumed run continues exactly where it stopped.
 """
 from __future__ import annotations
 
@@ -34,30 +36,27 @@ import argparse
 import json
 import logging
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from tbkin.atomic import write_json
 from tbkin.errors import TbkinError
 from tbkin.model import masking
-from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinPretrainingHeads
+from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinPretrainingHeads, save_pretraining_heads
 from tbkin.model.tokenization import load_tokenizer, pieces_in_span, prune_tokenizer, resolve_bert_path
+from tbkin.precision import PRECISIONS
 from tbkin.train.data import EncodedText, RegionStore, RegionTensors, TextEncoder, collate
 from tbkin.train.loop import (
     DistributedContext,
-    JsonlLogger,
-    all_reduce_mean,
-    autocast,
+    LoopSettings,
     cleanup_distributed,
-    latest_checkpoint,
-    linear_warmup_decay,
-    load_checkpoint,
-    save_checkpoint,
+    derive_seed,
+    epoch_order,
     setup_distributed,
+    train_loop,
     unwrap,
 )
 
@@ -84,6 +83,7 @@ class PretrainSettings:
     log_every: int = 10
     checkpoint_every: int = 100
     seed: int = 0
+    precision: str = "auto"
     bert_path: str | None = None
     num_layers: int = 4
     encoder_init: str = "bert"
@@ -184,8 +184,7 @@ class PretrainBatches:
 
     def _order(self, epoch: int) -> torch.Tensor:
         if epoch not in self._orders:
-            g = torch.Generator().manual_seed(self.settings.seed * 7919 + epoch)
-            self._orders = {epoch: torch.randperm(len(self.records), generator=g)}
+            self._orders = {epoch: epoch_order(len(self.records), self.settings.seed, epoch)}
         return self._orders[epoch]
 
     def indices(self, step: int, rank: int) -> list[int]:
@@ -199,7 +198,7 @@ class PretrainBatches:
 
     def batch(self, step: int, rank: int = 0) -> PretrainBatch:
         s = self.settings
-        g = torch.Generator().manual_seed(((s.seed * 1_000_003 + step) * 997 + rank) % (2**63))
+        g = torch.Generator().manual_seed(derive_seed(s.seed, step, rank))
         records = [self.records[i] for i in self.indices(step, rank)]
         matched = torch.rand(len(records), generator=g) >= s.itm_negative_ratio
         regions: list[RegionTensors] = []
@@ -314,10 +313,6 @@ class PretrainingModel(nn.Module):
         return losses
 
 
-def total_loss(losses: dict[str, torch.Tensor], weights: dict) -> torch.Tensor:
-    return sum(float(weights.get(name, 1.0)) * value for name, value in losses.items())
-
-
 # ---------------------------------------------------------------------------- loop
 def build(settings: PretrainSettings, parses: str, features: str, entries: str | None, world_size: int = 1):
     """Tokenizer, corpus, batch builder and model, all from the inputs and settings."""
@@ -368,76 +363,23 @@ def _settings_fingerprint(settings: PretrainSettings) -> dict:
 def _train(ctx: DistributedContext, s: PretrainSettings, parses, features, entries, out_dir: Path) -> dict:
     torch.manual_seed(s.seed)
     tokenizer, batches, module = build(s, parses, features, entries, ctx.world_size)
-    module.to(ctx.device)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=s.lr, weight_decay=0.01)
-    scheduler = linear_warmup_decay(optimizer, s.warmup_steps, s.steps)
-
     state_dir = out_dir / "state"
-    fingerprint = _settings_fingerprint(s)
-    folder = latest_checkpoint(state_dir)
-    if folder is not None and json.loads((folder / "config.json").read_text()) != fingerprint:
-        if ctx.is_main:
-            log.warning("%s was written with other settings; starting over", state_dir)
-            shutil.rmtree(state_dir)
-        if ctx.distributed:
-            torch.distributed.barrier()
-    start = load_checkpoint(state_dir, module, optimizer, scheduler, map_location=ctx.device) or 0
-
-    wrapped: nn.Module = module
-    if ctx.distributed:
-        wrapped = nn.parallel.DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
-    logger = JsonlLogger(state_dir / "log.jsonl", resume_step=start, enabled=ctx.is_main)
-    sums = {t: 0.0 for t in TASKS}
-    sums["loss"] = 0.0
-    count, data_time, window_start = 0, 0.0, time.perf_counter()
-    record: dict = {}
-    progress = tqdm(range(start, s.steps), initial=start, total=s.steps, desc="pretrain", disable=not ctx.is_main,
-                    mininterval=2.0)
-    wrapped.train()
-    for step in progress:
-        t0 = time.perf_counter()
-        batch = batches.batch(step, ctx.rank).to(ctx.device)
-        data_time += time.perf_counter() - t0
-        torch.manual_seed(((s.seed * 1_000_003 + step) * 997 + ctx.rank + 1) % (2**63))  # dropout
-        with autocast(ctx.device):
-            losses = wrapped(batch)
-        loss = total_loss(losses, s.task_weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        for name, value in losses.items():
-            sums[name] += float(value.detach())
-        sums["loss"] += float(loss.detach())
-        count += 1
-        done = step + 1
-        if done % s.log_every == 0 or done == s.steps:
-            means = all_reduce_mean(torch.tensor([sums[k] / count for k in sums]), ctx).tolist()
-            elapsed = time.perf_counter() - window_start
-            record = {"step": done, "lr": scheduler.get_last_lr()[0]}
-            record.update({k: round(v, 5) for k, v in zip(sums, means)})
-            record["samples_per_s"] = round(count * s.batch_size / elapsed, 2)
-            record["data_share"] = round(data_time / elapsed, 4)
-            logger.write(record)
-            progress.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", *TASKS)})
-            sums = dict.fromkeys(sums, 0.0)
-            count, data_time, window_start = 0, 0.0, time.perf_counter()
-        if done % s.checkpoint_every == 0 and done < s.steps:
-            if ctx.is_main:
-                save_checkpoint(state_dir, module, optimizer, scheduler, done, config=fingerprint)
-            if ctx.distributed:
-                torch.distributed.barrier()
-    logger.close()
+    loop = LoopSettings(steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, seed=s.seed, precision=s.precision,
+                        log_every=s.log_every, checkpoint_every=s.checkpoint_every, samples_per_step=s.batch_size,
+                        task_weights=dict(s.task_weights))
+    result = train_loop(module, batches.batch, lambda model, batch: model(batch), loop, ctx, state_dir,
+                        state_dir / "log.jsonl", desc="pretrain", fingerprint=_settings_fingerprint(s))
     if ctx.is_main:
-        save_checkpoint(state_dir, module, optimizer, scheduler, s.steps, config=fingerprint)
         shutil.copyfile(state_dir / "log.jsonl", out_dir / "log.jsonl.partial")
         (out_dir / "log.jsonl.partial").replace(out_dir / "log.jsonl")
-        model = unwrap(module).tbkin
-        model.save_pretrained(out_dir, tokenizer=tokenizer)  # model.safetensors last: marks completion
+        trained = unwrap(module)
+        save_pretraining_heads(out_dir, trained.heads)
+        write_json(out_dir / "run.json", {"task": "pretrain", "settings": asdict(s), "world_size": ctx.world_size,
+                                          **result.stats()})
+        trained.tbkin.save_pretrained(out_dir, tokenizer=tokenizer)  # model.safetensors last: marks completion
     if ctx.distributed:
         torch.distributed.barrier()
-    return record
+    return {**result.last_record, "precision": result.precision}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -449,8 +391,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="checkpoint folder (model, config, tokenizer, log)")
     parser.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="train.precision")
     model_keys = {"bert_path", "num_layers", "encoder_init", "max_text_len", "prune_vocab"}
     for name, value in asdict(defaults).items():
+        if name == "precision":
+            continue
         flag = "--" + name.replace("_", "-")
         key = name if name == "seed" else f"{'model' if name in model_keys else 'pretrain'}.{name}"
         if name == "task_weights":

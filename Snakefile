@@ -39,6 +39,7 @@ rule all:
     input:
         VQA_EVAL,
         REC_EVAL,
+        [PROBE] if config["dataset"] == "shapes" else [],
 
 
 rule all_results:
@@ -47,6 +48,7 @@ rule all_results:
         VQA_EVAL,
         REC_EVAL,
         PRETRAIN_PLOT,
+        [PROBE] if config["dataset"] == "shapes" else [],
         ABLATION_CSV,
         ABLATION_SUMMARY,
         ABLATION_VQA_PNG,

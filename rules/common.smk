@@ -6,6 +6,7 @@ R = config["results"]
 DATA = config["data"]
 SPLITS = dict(DATA["splits"])            # logical split -> file-name split
 LOGS = f"{R}/logs"
+PRECISION = config["train"]["precision"]   # auto | bf16 | fp32, for every training and inference step
 BENCH = f"{R}/benchmarks"
 
 
@@ -45,6 +46,7 @@ PRETRAIN_DIR = f"{R}/pretrain"
 PRETRAIN_CKPT = f"{PRETRAIN_DIR}/model.safetensors"
 PRETRAIN_LOG = f"{PRETRAIN_DIR}/log.jsonl"
 PRETRAIN_PLOT = f"{PRETRAIN_DIR}/loss_curves.png"
+PROBE = f"{PRETRAIN_DIR}/probe.json"  # shapes only: masked colour/shape words, own vs random image
 
 # Stage 6-7: fine-tuning and evaluation
 VQA_DIR = f"{R}/finetune/vqa"

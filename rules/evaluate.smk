@@ -41,7 +41,12 @@ REC_EVAL_SHELL = (
 
 
 rule eval_vqa:
-    input: ready=DATA_READY, predictions=VQA_PREDICTIONS, run=f"{VQA_DIR}/run.json"
+    input:
+        ready=DATA_READY,
+        predictions=VQA_PREDICTIONS,
+        run=f"{VQA_DIR}/run.json",
+        # shapes: the grounding probe joins the main target's DAG (eval-vqa itself does not read it)
+        probe=[PROBE] if config["dataset"] == "shapes" else [],
     output: report(VQA_EVAL, caption="../workflow/report/vqa_eval.rst", category="4. Evaluation")
     params: **VQA_EVAL_PARAMS
     threads: 1

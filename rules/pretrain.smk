@@ -34,6 +34,7 @@ rule pretrain:
         log_every=PT["log_every"],
         checkpoint_every=PT["checkpoint_every"],
         seed=config["seed"],
+        precision=PRECISION,
         proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
     threads: 256  # all of --cores (Snakemake caps threads at the cores it is given)
     resources:
@@ -53,7 +54,7 @@ rule pretrain:
         " --warmup-steps {params.warmup_steps} --task-weights {params.task_weights:q}"
         " --itm-negative-ratio {params.itm_negative_ratio} --mask-prob {params.mask_prob}"
         " --log-every {params.log_every} --checkpoint-every {params.checkpoint_every} --seed {params.seed}"
-        " --threads {params.proc_threads} > {log:q} 2>&1"
+        " --threads {params.proc_threads} --precision {params.precision:q} > {log:q} 2>&1"
 
 
 rule plot_pretrain_losses:
@@ -72,6 +73,34 @@ rule plot_pretrain_losses:
     conda: "../envs/tbkin.yaml"
     shell:
         "tbkin plot-losses {input:q} --output {output:q} --title pretraining > {log:q} 2>&1"
+
+
+rule probe_pretrain:
+    """Grounding probe: masked colour/shape words of val captions, own image vs a random one (shapes only)."""
+    input:
+        model=PRETRAIN_CKPT,
+        config=f"{PRETRAIN_DIR}/config.json",
+        parses=PARSES.format(split="val"),
+        features=FEATURES.format(split="val"),
+    output:
+        PROBE,
+    params:
+        checkpoint=lambda wildcards, input: os.path.dirname(input.model),
+        seed=config["seed"],
+        precision=PRECISION,
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    log:
+        f"{LOGS}/pretrain/probe.log",
+    benchmark:
+        f"{BENCH}/pretrain/probe.tsv"
+    conda: "../envs/tbkin.yaml"
+    shell:
+        "tbkin probe --checkpoint {params.checkpoint:q} --parses {input.parses:q} --features {input.features:q}"
+        " --seed {params.seed:q} --precision {params.precision:q} --threads {threads:q}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 rule pretrain_all:

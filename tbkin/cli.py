@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edge-metrics": ("tbkin.graph.edge_metrics", "precision / recall of cross-modal edges against shapes gold"),
     "inspect": ("tbkin.graph.inspect", "show one image-text pair: regions, parse, edges, entries"),
     "pretrain": ("tbkin.train.pretrain", "pretrain with MLM, MRM, SKM and ITM"),
+    "probe": ("tbkin.evaluate.probe", "grounding probe: masked colour/shape words with own vs random image"),
     "launch": ("tbkin.train.launch", "run a training subcommand on 1 process, torchrun, or several SLURM nodes"),
     "plot-losses": ("tbkin.train.plots", "plot a training log's loss curves"),
     "finetune-vqa": ("tbkin.train.finetune_vqa", "fine-tune with threshold attention on VQA"),

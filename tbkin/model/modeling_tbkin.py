@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub.dataclasses import strict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig
@@ -378,3 +379,35 @@ class TbkinPretrainingHeads(nn.Module):
     def itm_logits(self, cls: torch.Tensor) -> torch.Tensor:
         """[CLS] [B, H] -> [B, 2] (index 1 = image and text match)."""
         return self.itm(cls)
+
+
+PRETRAINING_HEADS_NAME = "pretraining_heads.safetensors"
+
+
+def load_pretraining_heads(directory: str | Path, config: TbkinConfig) -> TbkinPretrainingHeads:
+    """The :class:`TbkinPretrainingHeads` saved beside a pretrained model (``pretraining_heads.safetensors``).
+
+    The MLM decoder is tied to the model's word embedding, so only the heads' own
+    weights are in the file; ``config`` is the model's (it sets every head's size).
+    """
+    path = Path(directory) / PRETRAINING_HEADS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (pretraining heads are written by `tbkin pretrain`)")
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+    heads = TbkinPretrainingHeads(config)
+    try:
+        missing, unexpected = heads.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise CheckpointError(f"{path} does not match the model config: {exc}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match the pretraining heads: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return heads
+
+
+def save_pretraining_heads(directory: str | Path, heads: TbkinPretrainingHeads) -> None:
+    """Write ``pretraining_heads.safetensors`` (read back by :func:`load_pretraining_heads`)."""
+    with atomic_path(Path(directory) / PRETRAINING_HEADS_NAME) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, str(tmp))

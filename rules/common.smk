@@ -92,7 +92,7 @@ def detector_args():
 # Helpers of rules/text.smk.
 
 def text_record_files(split):
-    """Official-format files holding the split's texts (see README: Text scene graphs)."""
+    """Official-format files holding the split's texts (see docs/configuration.md)."""
     files = {}
     if config["dataset"] in ("shapes", "vqa2"):
         files["captions"] = data_file("captions", split)

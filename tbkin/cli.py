@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-rec": ("tbkin.evaluate.rec", "REC accuracy per split"),
     "ablation": ("tbkin.evaluate.ablation", "threshold / local-window sweep over seeds"),
     "attention-maps": ("tbkin.evaluate.attention_maps", "Base vs TBKIN [CLS] attention over regions"),
+    "summary": ("tbkin.evaluate.summary", "the run's figures as one Markdown table (reads only)"),
 }
 
 

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tbkin.model.masking import IGNORE_INDEX
+from tbkin.precision import cpu_supports_bf16
 from tbkin.train.loop import read_jsonl
 from tbkin.train.plots import plot_losses
 from tbkin.train.pretrain import PretrainSettings, build, train
@@ -21,6 +22,8 @@ from tbkin.train.pretrain import PretrainSettings, build, train
 from model_fixtures import write_corpus, write_tiny_bert
 
 REPO = Path(__file__).resolve().parent.parent
+NO_NATIVE_BF16 = pytest.mark.skipif(
+    not cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX-BF16); bf16 would be emulated")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +152,26 @@ def test_run_writes_checkpoint_log_and_is_deterministic(corpus, tmp_path):
     model = TbkinModel.from_pretrained(tmp_path / "a")
     assert model.config.num_hidden_layers == 1 and model.tokenizer is not None
     assert model.config.vocab_size == len(model.tokenizer) < 200
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=NO_NATIVE_BF16)])
+def test_each_precision_pretrains_and_is_recorded(corpus, tmp_path, precision):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        last = train(_settings(corpus, precision=precision), corpus["parses"], corpus["features"],
+                     corpus["entries"], tmp_path / precision, device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert last["precision"] == precision and last["step"] == 6
+    run_info = json.loads((tmp_path / precision / "run.json").read_text())
+    assert run_info["precision"] == precision and run_info["settings"]["precision"] == precision
+    records = read_jsonl(tmp_path / precision / "log.jsonl")
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for record in records:
+        assert all(np.isfinite(record[k]) for k in ("loss", "mlm", "mrm", "skm", "itm")), record
+    weights = load_file(tmp_path / precision / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
 
 
 @pytest.fixture

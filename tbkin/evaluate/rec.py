@@ -5,7 +5,7 @@ box is at least 0.5 (:func:`tbkin.evaluate.rec_boxes.is_hit`). Accuracy is the
 percentage of expressions that are hits, per split (val, testA, testB; RefCOCOg
 val / test). Every expression of an evaluated split must have a prediction.
 
-Output JSON (see README "Evaluation")::
+Output JSON (see docs/artifacts.md)::
 
     {"dataset", "threshold", "attention", "seed",
      "accuracy": {split: percent}, "num_expressions": {split: n},

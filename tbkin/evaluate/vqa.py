@@ -6,7 +6,7 @@ the split's official questions/annotations files, and the *training* annotations
 type, the classic "prior per question type" baseline; question types unseen in
 training fall back to the most frequent training answer overall).
 
-Output JSON (see README "Evaluation")::
+Output JSON (see docs/artifacts.md)::
 
     {"dataset", "split", "attention": {"mode", "threshold", "window"}, "threshold",
      "seed", "accuracy": {"overall", "per_answer_type", "per_question_type"},

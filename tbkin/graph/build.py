@@ -4,7 +4,7 @@ Pairs are the (image, caption) and (image, question) rows of the split's
 ``parses.parquet``; ``pair_id`` is the row index in that file. The file is read in
 record batches and the region boxes/labels/scores of only those batches' images
 are read from the features HDF5, so memory stays flat however large the split;
-edges and entries are streamed to Parquet (schemas below and in the README).
+edges and entries are streamed to Parquet (schemas below and in docs/artifacts.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Merge parse shards (one row per distinct text) back onto the split's text records.
 
 Output ``parses.parquet`` has one row per record (schema
-:data:`tbkin.text.scene_graph.RECORD_PARSE_SCHEMA`, documented in the README).
+:data:`tbkin.text.scene_graph.RECORD_PARSE_SCHEMA`, documented in docs/artifacts.md).
 """
 from __future__ import annotations
 

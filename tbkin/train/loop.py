@@ -440,7 +440,7 @@ def train_loop(
             if s.steps_per_epoch:
                 record["epoch"] = step // s.steps_per_epoch
             logger.write(record)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in losses})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in losses}, refresh=False)
         if done % s.checkpoint_every == 0 or done == s.steps:
             if ctx.is_main:
                 save_checkpoint(state_dir, module, optimizer, scheduler, done, config=fingerprint)

@@ -22,6 +22,8 @@ rule pretrain:
         bert_path=MODEL["bert_path"] or "null",
         num_layers=MODEL["num_layers"],
         encoder_init=MODEL["encoder_init"],
+        sizes=shell_words(["--hidden-size", MODEL["hidden_size"] or "null", "--num-attention-heads",
+                           MODEL["num_attention_heads"] or "null", "--intermediate-size", MODEL["intermediate_size"] or "null"]),
         max_text_len=MODEL["max_text_len"],
         prune_vocab=MODEL["prune_vocab"],
         steps=PT["steps"],
@@ -49,7 +51,7 @@ rule pretrain:
     shell:
         "{params.launcher} pretrain --parses {input.parses:q} --features {input.features:q}"
         " --entries {input.entries:q} --out-dir {params.out_dir:q} --bert-path {params.bert_path:q}"
-        " --num-layers {params.num_layers} --encoder-init {params.encoder_init} --max-text-len {params.max_text_len} --prune-vocab {params.prune_vocab}"
+        " --num-layers {params.num_layers} --encoder-init {params.encoder_init:q} {params.sizes} --max-text-len {params.max_text_len} --prune-vocab {params.prune_vocab}"
         " --steps {params.steps} --batch-size {params.batch_size} --lr {params.lr}"
         " --warmup-steps {params.warmup_steps} --task-weights {params.task_weights:q}"
         " --itm-negative-ratio {params.itm_negative_ratio} --mask-prob {params.mask_prob}"

@@ -101,6 +101,32 @@ def test_from_bert_random_encoder_copies_only_the_text_embeddings(bert_dir):
         TbkinModel.from_bert(bert_dir, num_layers=1, encoder_init="scratch")
 
 
+def test_a_narrower_random_encoder_has_its_own_sizes_and_only_with_random_layers(bert_dir):
+    model = TbkinModel.from_bert(bert_dir, num_layers=2, encoder_init="random", hidden_size=16,
+                                 num_attention_heads=2, intermediate_size=24, region_feature_dim=6, num_region_labels=3)
+    assert (model.config.hidden_size, model.config.num_attention_heads, model.config.intermediate_size) == (16, 2, 24)
+    assert model.embeddings.word_embeddings.weight.shape[1] == 16
+    assert model(tiny_inputs()).sequence.shape[-1] == 16
+    with pytest.raises(CheckpointError, match="encoder_init"):
+        TbkinModel.from_bert(bert_dir, num_layers=1, hidden_size=16)
+
+
+@pytest.mark.parametrize("name", ["vqa2", "refcoco", "refcoco+", "refcocog"])
+def test_real_data_configs_keep_the_papers_bert_initialisation(name, bert_dir):
+    from tbkin.config import load_config
+
+    model_config = load_config("config/config.yaml", f"config/{name}.yaml")["model"]
+    assert model_config["encoder_init"] == "bert"
+    sizes = {k: model_config[k] for k in ("hidden_size", "num_attention_heads", "intermediate_size")}
+    assert sizes == dict.fromkeys(sizes)
+    # and those settings copy the checkpoint's layers, as test_from_bert_copies_text_embeddings_and_layers checks
+    model = TbkinModel.from_bert(bert_dir, num_layers=1, encoder_init=model_config["encoder_init"], **sizes,
+                                 region_feature_dim=6, num_region_labels=3)
+    bert = BertModel.from_pretrained(str(bert_dir))
+    torch.testing.assert_close(model.encoder.layer[0].attention.self.query.weight,
+                               bert.encoder.layer[0].attention.self.query.weight)
+
+
 def test_pruned_vocabulary_keeps_the_right_embedding_rows(bert_dir):
     tokenizer = load_tokenizer(bert_dir)
     pruned, keep = prune_tokenizer(tokenizer, ["a red circle", "what color is the squares?"])

@@ -277,6 +277,9 @@ class TbkinModel(nn.Module):
         keep_piece_ids: list[int] | None = None,
         tokenizer=None,
         encoder_init: str = "bert",
+        hidden_size: int | None = None,
+        num_attention_heads: int | None = None,
+        intermediate_size: int | None = None,
         **config_fields,
     ) -> "TbkinModel":
         """Initialise text embeddings and the first ``num_layers`` blocks from a HF BERT directory.
@@ -286,6 +289,9 @@ class TbkinModel(nn.Module):
         Region embeddings and anything not in the checkpoint start fresh.
         ``encoder_init="random"`` copies only the text embeddings and leaves the blocks
         at BERT's random initialisation (an ablation of the checkpoint's layers).
+        ``hidden_size`` / ``num_attention_heads`` / ``intermediate_size`` (``None`` = the
+        checkpoint's) resize the fresh blocks and are only allowed with ``encoder_init="random"``;
+        a hidden size other than the checkpoint's leaves the text embeddings fresh too.
         """
         if encoder_init not in ENCODER_INITS:
             raise CheckpointError(f"model.encoder_init must be one of {ENCODER_INITS}, got {encoder_init!r}")
@@ -299,8 +305,16 @@ class TbkinModel(nn.Module):
         base.update(num_hidden_layers=num_layers)
         if keep_piece_ids is not None:
             base.update(vocab_size=len(keep_piece_ids))
+        sizes = {k: v for k, v in (("hidden_size", hidden_size), ("num_attention_heads", num_attention_heads),
+                                   ("intermediate_size", intermediate_size)) if v is not None}
+        if sizes and encoder_init != "random":
+            raise CheckpointError(f"{sorted(sizes)} can only be changed with encoder_init='random'")
+        base.update(sizes)
         base.update(config_fields)
         model = cls(TbkinConfig(**base), tokenizer=tokenizer)
+        if base["hidden_size"] != bert_config.hidden_size:
+            model.region_embeddings.match_scale(model.embeddings.LayerNorm)
+            return model  # nothing of the checkpoint fits: fresh text embeddings and blocks
 
         state = _load_bert_state(bert_dir)
         if keep_piece_ids is not None:

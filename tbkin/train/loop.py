@@ -396,7 +396,9 @@ def train_loop(
 
     The total loss is the ``task_weights``-weighted sum of ``compute_losses``'s values,
     each computed in fp32. The final state is saved too, so a run killed after
-    training but before its caller wrote the outputs resumes at the end.
+    training but before its caller wrote the outputs resumes at the end. The weights of a
+    resumed run are bit-identical to an uninterrupted one; its first log record averages
+    only the steps since the resume (the loss window is not part of the saved state).
     """
     s = settings
     state_dir, log_path = Path(state_dir), Path(log_path)

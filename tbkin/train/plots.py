@@ -6,6 +6,7 @@ Plots every numeric field of the log records whose name is ``loss`` or a task na
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from tbkin.atomic import atomic_path
@@ -28,6 +29,11 @@ def loss_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]
     return series
 
 
+# Loss of a model that has learnt nothing, per task: drawn so that "flat at chance" is
+# visible at a glance instead of an autoscaled axis making it look like noise.
+CHANCE_LEVELS = {"itm": math.log(2)}   # ITM: two balanced classes
+
+
 def plot_losses(log_path: str | Path, output: str | Path, title: str = "") -> None:
     import matplotlib
 
@@ -45,6 +51,13 @@ def plot_losses(log_path: str | Path, output: str | Path, title: str = "") -> No
     for ax, name in zip(axes.flat, names):
         steps, values = series[name]
         ax.plot(steps, values, marker="o", markersize=2)
+        if name in CHANCE_LEVELS:
+            chance = CHANCE_LEVELS[name]
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})")
+            low, high = min(min(values), chance), max(max(values), chance)
+            margin = max(0.1 * chance, 0.1 * (high - low))
+            ax.set_ylim(max(0.0, low - margin), high + margin)
+            ax.legend(loc="lower left", fontsize=8)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

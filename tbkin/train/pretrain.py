@@ -87,6 +87,9 @@ class PretrainSettings:
     bert_path: str | None = None
     num_layers: int = 4
     encoder_init: str = "bert"
+    hidden_size: int | None = None          # None = the checkpoint's (sizes only with encoder_init random)
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
     max_text_len: int = 20
     prune_vocab: bool = True
 
@@ -333,6 +336,9 @@ def build(settings: PretrainSettings, parses: str, features: str, entries: str |
         settings.num_layers,
         keep_piece_ids=keep_ids,
         encoder_init=settings.encoder_init,
+        hidden_size=settings.hidden_size,
+        num_attention_heads=settings.num_attention_heads,
+        intermediate_size=settings.intermediate_size,
         tokenizer=tokenizer,
         region_feature_dim=store.feature_dim,
         num_region_labels=max(1, len(store.label_names)),
@@ -392,7 +398,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="train.precision")
-    model_keys = {"bert_path", "num_layers", "encoder_init", "max_text_len", "prune_vocab"}
+    model_keys = {"bert_path", "num_layers", "encoder_init", "hidden_size", "num_attention_heads",
+                  "intermediate_size", "max_text_len", "prune_vocab"}
     for name, value in asdict(defaults).items():
         if name == "precision":
             continue
@@ -402,10 +409,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=json.loads, default=value, help=f'{key}, JSON: {{"mlm": 1, "mrm": 1, "skm": 1, "itm": 1}}')
         elif name == "bert_path":
             parser.add_argument(flag, default=None, help=f"{key}: HF BERT folder (null: the packaged MiniLM-L6)")
+        elif name in ("hidden_size", "num_attention_heads", "intermediate_size"):
+            parser.add_argument(flag, type=_optional_int, default=None, help=f"{key} (null: the checkpoint's)")
         elif isinstance(value, bool):
             parser.add_argument(flag, type=_parse_bool, default=value, help=f"{key} (true/false)")
         else:
             parser.add_argument(flag, type=type(value), default=value, help=f"{key} (default {value})")
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("null", "none", "") else int(text)
 
 
 def _parse_bool(text: str) -> bool:

@@ -2,7 +2,6 @@
 itself need not be installed for these checks)."""
 from __future__ import annotations
 
-import os
 import pickle
 
 import numpy as np
@@ -12,20 +11,14 @@ import torch
 from tbkin.features.detector import DetectorError
 from tbkin.features.detectron2_backend import read_detectron2_weights
 
-
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from pickle_payloads import RunsCode
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
 def test_pkl_weights_carrying_code_are_refused_unexecuted(tmp_path, protocol):
     marker = tmp_path / "RAN"
     weights = tmp_path / "model_final.pkl"
-    weights.write_bytes(pickle.dumps({"model": {"w": _RunsCode(marker)}, "__author__": "x"}, protocol=protocol))
+    weights.write_bytes(pickle.dumps({"model": {"w": RunsCode(marker)}, "__author__": "x"}, protocol=protocol))
     with pytest.raises(DetectorError, match=r"model_final\.pkl: refused to load global"):
         read_detectron2_weights(weights)
     assert not marker.exists()

@@ -272,14 +272,20 @@ def test_sharded_extraction_equals_unsharded(tmp_path, fixture_set):
             assert a.attrs[key] == b.attrs[key]
 
 
-def test_bad_image_stops_or_is_listed(tmp_path, fixture_set):
-    instances, image_dir, detector = fixture_set
-    records = load_detection_data(instances).images[:3]
+def copy_with_one_broken_image(records, image_dir, tmp_path, broken: int):
+    """A copy of ``records``' images in ``tmp_path/images`` where image ``broken`` is not an image."""
     broken_dir = tmp_path / "images"
     broken_dir.mkdir()
     for r in records:
         (broken_dir / r.file_name).write_bytes((image_dir / r.file_name).read_bytes())
-    (broken_dir / records[1].file_name).write_bytes(b"garbage")
+    (broken_dir / records[broken].file_name).write_bytes(b"garbage")
+    return broken_dir
+
+
+def test_bad_image_stops_or_is_listed(tmp_path, fixture_set):
+    instances, image_dir, detector = fixture_set
+    records = load_detection_data(instances).images[:3]
+    broken_dir = copy_with_one_broken_image(records, image_dir, tmp_path, broken=1)
     out = tmp_path / "f.h5"
     with pytest.raises(BadImageError, match=records[1].file_name):
         extract_features(detector, records, broken_dir, out, RegionSelection(4), batch_size=2)
@@ -320,11 +326,7 @@ def test_grid_sample_pooler_matches_torchvision_roi_align():
 def test_skipped_image_ids_are_recorded_and_survive_combining(tmp_path, fixture_set):
     instances, image_dir, detector = fixture_set
     records = load_detection_data(instances).images[:4]
-    broken_dir = tmp_path / "images"
-    broken_dir.mkdir()
-    for r in records:
-        (broken_dir / r.file_name).write_bytes((image_dir / r.file_name).read_bytes())
-    (broken_dir / records[2].file_name).write_bytes(b"garbage")
+    broken_dir = copy_with_one_broken_image(records, image_dir, tmp_path, broken=2)
     shards = [tmp_path / "shard-0.h5", tmp_path / "shard-1.h5"]
     for shard, part in zip(shards, (records[:2], records[2:])):
         extract_features(detector, part, broken_dir, shard, RegionSelection(4), batch_size=2, skip_bad_images=True)

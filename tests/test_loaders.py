@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -16,6 +15,8 @@ from tbkin.data.loaders import (
 )
 from tbkin.data.shapes import ShapesSpec, generate
 from tbkin.errors import DataFormatError, UnsafePickleError
+
+from pickle_payloads import RunsCode
 
 SPEC = ShapesSpec(seed=1, image_size=64, train_images=12, val_images=4, questions_per_image=3,
                   captions_per_image=2, refs_per_image=1)
@@ -125,19 +126,11 @@ def test_ref_with_unknown_annotation(layout):
     assert "refs(unc).p" in str(err.value) and f"ref_id {refs[1]['ref_id']}" in str(err.value)
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
 def test_pickle_carrying_code_is_rejected_unexecuted(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "refs(unc).p"
-    path.write_bytes(pickle.dumps([{"ref_id": 1}, _RunsCode(marker)], protocol=protocol))
+    path.write_bytes(pickle.dumps([{"ref_id": 1}, RunsCode(marker)], protocol=protocol))
     with pytest.raises(UnsafePickleError) as err:
         safe_load_pickle(path)
     assert str(path) in str(err.value) and "system" in str(err.value)

@@ -163,6 +163,9 @@ def compare_precision(args, config: dict) -> None:
           f"{rates['bf16']:.1f} samples/s")
     print(f"default ({auto}, fused AdamW, {processes} process(es) on {args.threads} thread(s)): "
           f"{rates['default']:.1f} samples/s")
+    own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS: {own_mb:.0f} MB in this process, {workers_mb:.0f} MB in the largest data-parallel worker")
     print(f"bf16 speed-up over fp32: {rates['bf16'] / rates['fp32']:.2f}x")
     print(f"default speed-up over fp32: {rates['default'] / rates['fp32']:.2f}x")
 

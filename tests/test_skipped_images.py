@@ -121,3 +121,22 @@ def test_refs_of_skipped_images_are_left_out_and_counted(data, tmp_path):
     # scoring leaves the same expressions out instead of asking for their predictions
     predictions = [{"sent_id": e.sent_id, "box": [1, 1, 16, 16]} for e in examples]
     assert split_accuracy(predictions, ref_data.refs, "preds", frozenset(left_out)) == 100.0
+
+
+def test_pretraining_captions_of_skipped_images_are_left_out(data, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tbkin.model.modeling_tbkin import TbkinModel
+    from tbkin.train.data import RegionStore, TextEncoder
+    from tbkin.train.pretrain import read_caption_records
+
+    rows = [{"source": "caption", "image_id": image_id, "text": "the circle", "tokens": ["the", "circle"],
+             "token_starts": [0, 4]} for image_id in data["train_ids"]]
+    parses = tmp_path / "parses.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parses)
+    tokenizer = TbkinModel.from_pretrained(data["pretrained"]).tokenizer
+    records = read_caption_records(parses, None, TextEncoder(tokenizer, 8), RegionStore(data["root"] / "train.h5"))
+    assert [r.image_id for r in records] == [i for i in data["train_ids"] if i != SKIPPED_TRAIN]
+    # pair ids stay the parses' row indices, as the knowledge entries name them
+    assert [r.pair_id for r in records] == [k for k, i in enumerate(data["train_ids"]) if i != SKIPPED_TRAIN]

@@ -48,7 +48,7 @@ from tbkin.model import masking
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinPretrainingHeads, save_pretraining_heads
 from tbkin.model.tokenization import load_tokenizer, pieces_in_span, prune_tokenizer, resolve_bert_path
 from tbkin.precision import PRECISIONS
-from tbkin.train.data import EncodedText, RegionStore, RegionTensors, TextEncoder, collate
+from tbkin.train.data import EncodedText, RegionStore, RegionTensors, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.loop import (
     DistributedContext,
     LoopSettings,
@@ -122,8 +122,12 @@ class PretrainBatch:
         return PretrainBatch(inputs=self.inputs.to(device, non_blocking=True), **moved)
 
 
-def read_caption_records(parses_path: str | Path, entries_path: str | Path | None, encoder: TextEncoder, image_ids: set[int]):
-    """Caption rows of ``parses.parquet`` with their word pieces and knowledge entries."""
+def read_caption_records(parses_path: str | Path, entries_path: str | Path | None, encoder: TextEncoder,
+                         store: RegionStore):
+    """Caption rows of ``parses.parquet`` with their word pieces and knowledge entries.
+
+    Captions of images that feature extraction skipped as unreadable are left out (and
+    counted in the log); pair ids stay the parses' row indices."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -132,6 +136,7 @@ def read_caption_records(parses_path: str | Path, entries_path: str | Path | Non
     except (OSError, ValueError) as exc:
         raise PretrainDataError(f"cannot read text parses {parses_path}: {exc}") from None
     captions = [(pair_id, row) for pair_id, row in enumerate(table) if row["source"] == "caption"]
+    captions, _ = leave_out_skipped_images(captions, lambda c: int(c[1]["image_id"]), store, "captions", parses_path)
     entries_by_pair: dict[int, list[dict]] = {}
     if entries_path is not None:
         import pyarrow.compute as pc
@@ -143,7 +148,7 @@ def read_caption_records(parses_path: str | Path, entries_path: str | Path | Non
         caption_ids = pa.array([pair_id for pair_id, _ in captions], type=pa.int64())
         for row in entries.filter(pc.is_in(entries["pair_id"], value_set=caption_ids)).to_pylist():
             entries_by_pair.setdefault(int(row["pair_id"]), []).append(row)
-    missing = sorted({int(r["image_id"]) for _, r in captions} - image_ids)
+    missing = sorted({int(r["image_id"]) for _, r in captions} - set(store.image_ids))
     if missing:
         raise PretrainDataError(f"{parses_path}: {len(missing)} caption images have no region features (e.g. {missing[:3]})")
     if not captions:
@@ -329,7 +334,7 @@ def build(settings: PretrainSettings, parses: str, features: str, entries: str |
         texts = pq.read_table(parses, columns=["text"]).column("text").to_pylist()
         tokenizer, keep_ids = prune_tokenizer(tokenizer, texts)
     encoder = TextEncoder(tokenizer, settings.max_text_len)
-    records = read_caption_records(parses, entries, encoder, set(store.image_ids))
+    records = read_caption_records(parses, entries, encoder, store)
     batches = PretrainBatches(records, store, tokenizer, settings, world_size)
     model = TbkinModel.from_bert(
         bert_dir,

@@ -1,6 +1,5 @@
 # Paths shared by every rule file. All artifact names are defined here, once.
 import os
-import shlex
 
 R = config["results"]
 DATA = config["data"]
@@ -62,10 +61,8 @@ def shard_ids(n):
     return [str(i) for i in range(n)]
 
 
-def shell_words(values):
-    """Several command-line words for one `{params.x}`, each quoted for the shell
-    (a plain word such as `val` stays as it is, so params of existing runs do not change)."""
-    return " ".join(shlex.quote(str(v)) for v in values)
+# Params that hold several command-line words are lists of words: the shell commands
+# use them with `:q`, which quotes each word, so no value is ever parsed by the shell.
 
 
 # Helpers of rules/features.smk (functions live here: rule files hold rules only).
@@ -80,13 +77,10 @@ def feature_image_list(split):
 
 def detector_args():
     if DET["train"]:
-        return f"--weights {shlex.quote(DETECTOR_WEIGHTS)}"
-    label_map = f" --label-map {shlex.quote(DET['label_map'])}" if DET["label_map"] else ""
-    return (
-        f"--weights {shlex.quote(DET['weights'])}{label_map} --backend {DET['backend']}"
-        f" --architecture {shlex.quote(DET['architecture'])}"
-        f" --min-size {DET['min_size']} --max-size {DET['max_size']}"
-    )
+        return ["--weights", DETECTOR_WEIGHTS]
+    label_map = ["--label-map", DET["label_map"]] if DET["label_map"] else []
+    return ["--weights", DET["weights"], *label_map, "--backend", DET["backend"],
+            "--architecture", DET["architecture"], "--min-size", DET["min_size"], "--max-size", DET["max_size"]]
 
 
 # Helpers of rules/text.smk.
@@ -105,7 +99,7 @@ def text_record_files(split):
 
 def text_record_args(wildcards):
     files = text_record_files(wildcards.split)
-    return " ".join(f"--{key.replace('_', '-')} {shlex.quote(path)}" for key, path in files.items())
+    return [word for key, path in files.items() for word in (f"--{key.replace('_', '-')}", path)]
 
 
 # Helpers of rules/evaluate.smk.
@@ -113,8 +107,8 @@ def text_record_args(wildcards):
 def ablation_attention(wildcards):
     """Command-line attention flags of an ablation setting name."""
     if wildcards.setting.startswith("local"):
-        return f"--mode local --window {int(wildcards.setting[len('local'):])}"
-    return f"--mode threshold --threshold {float(wildcards.setting[1:])}"
+        return ["--mode", "local", "--window", int(wildcards.setting[len("local"):])]
+    return ["--mode", "threshold", "--threshold", float(wildcards.setting[1:])]
 
 
 # Helpers of the training rules (rules/pretrain.smk, finetune.smk).
@@ -123,4 +117,4 @@ def training_launcher(nproc):
     """Start a training subcommand on `nproc` processes per node: one plain process,
     torchrun on this machine, or one torchrun per node inside a multi-node SLURM job
     (see `tbkin launch --help` and README, "Running on a cluster")."""
-    return f"tbkin launch --nproc-per-node {nproc} --"
+    return ["tbkin", "launch", "--nproc-per-node", nproc, "--"]

@@ -3,26 +3,25 @@
 #   real datasets     : one `download` job per entry of config.downloads, then
 #                       check_data validates every annotation file with the loaders.
 import re
-import shlex
 
 DOWNLOADS = config.get("downloads", {})
 DOWNLOAD_DONE = os.path.join(DATA["download_dir"], "{name}.done.json")
 LAYOUT_KEYS = ["images", "instances", "captions", "vqa_questions", "vqa_annotations", "refs", "refs_instances"]
 # Options telling a tbkin data command where the files are (patterns hold {split}, so
 # rules pass this through a lambda: Snakemake would expand it as a wildcard).
-LAYOUT_ARGS = " ".join(
-    [f"--root {shlex.quote(DATA['root'])}"]
-    + [f"--split {shlex.quote(f'{logical}={name}')}" for logical, name in SPLITS.items()]
-    + [f"--{key.replace('_', '-')} {shlex.quote(DATA[key])}" for key in LAYOUT_KEYS]
+LAYOUT_ARGS = (
+    ["--root", DATA["root"]]
+    + [word for logical, name in SPLITS.items() for word in ("--split", f"{logical}={name}")]
+    + [word for key in LAYOUT_KEYS for word in (f"--{key.replace('_', '-')}", DATA[key])]
 )
 # download name -> its command-line options (absent values stay absent)
 DOWNLOAD_OPTIONS = {
-    name: " ".join(
-        [f"--url {shlex.quote(spec['url'])}"]
-        + ([f"--sha256 {shlex.quote(str(spec['sha256']))}"] if spec.get("sha256") else [])
-        + ([f"--size {spec['size']}"] if spec.get("size") else [])
+    name: (
+        ["--url", spec["url"]]
+        + (["--sha256", str(spec["sha256"])] if spec.get("sha256") else [])
+        + (["--size", spec["size"]] if spec.get("size") else [])
         + (
-            [f"--extract-to {shlex.quote(os.path.normpath(os.path.join(DATA['root'], spec['extract_to'])))}"]
+            ["--extract-to", os.path.normpath(os.path.join(DATA["root"], spec["extract_to"]))]
             if spec.get("extract_to") is not None
             else []
         )
@@ -40,7 +39,7 @@ if config["dataset"] == "shapes":
             layout=lambda wildcards: LAYOUT_ARGS,
             seed=config["seed"],
             shapes=config["shapes"],
-            refs_splits=shell_words(DATA["refs_splits"]),
+            refs_splits=DATA["refs_splits"],
         log:
             f"{LOGS}/data/generate_shapes.log",
         benchmark:
@@ -52,17 +51,17 @@ if config["dataset"] == "shapes":
             mem_mb=1000,
             runtime=15,
         shell:
-            "tbkin generate-shapes {params.layout} --seed {params.seed}"
-            " --image-size {params.shapes[image_size]}"
-            " --train-images {params.shapes[train_images]} --val-images {params.shapes[val_images]}"
-            " --objects-per-image {params.shapes[objects_per_image][0]} {params.shapes[objects_per_image][1]}"
-            " --distractors-per-image {params.shapes[distractors_per_image][0]} {params.shapes[distractors_per_image][1]}"
-            " --captions-per-image {params.shapes[captions_per_image]}"
-            " --questions-per-image {params.shapes[questions_per_image]}"
-            " --refs-per-image {params.shapes[refs_per_image]}"
-            " --sentences-per-ref {params.shapes[sentences_per_ref]}"
-            " --answer-noise {params.shapes[answer_noise]}"
-            " --refs-splits {params.refs_splits} --no-progress > {log:q} 2>&1"
+            "tbkin generate-shapes {params.layout:q} --seed {params.seed:q}"
+            " --image-size {params.shapes[image_size]:q}"
+            " --train-images {params.shapes[train_images]:q} --val-images {params.shapes[val_images]:q}"
+            " --objects-per-image {params.shapes[objects_per_image][0]:q} {params.shapes[objects_per_image][1]:q}"
+            " --distractors-per-image {params.shapes[distractors_per_image][0]:q} {params.shapes[distractors_per_image][1]:q}"
+            " --captions-per-image {params.shapes[captions_per_image]:q}"
+            " --questions-per-image {params.shapes[questions_per_image]:q}"
+            " --refs-per-image {params.shapes[refs_per_image]:q}"
+            " --sentences-per-ref {params.shapes[sentences_per_ref]:q}"
+            " --answer-noise {params.shapes[answer_noise]:q}"
+            " --refs-splits {params.refs_splits:q} --no-progress > {log:q} 2>&1"
 
 else:
 
@@ -86,7 +85,7 @@ else:
             runtime=600,
         retries: 2
         shell:
-            "tbkin download --name {wildcards.name:q} {params.options} --dest-dir {params.dest_dir:q}"
+            "tbkin download --name {wildcards.name:q} {params.options:q} --dest-dir {params.dest_dir:q}"
             " --marker {output:q} --no-progress > {log:q} 2>&1"
 
     rule check_data:
@@ -96,7 +95,7 @@ else:
             DATA_READY,
         params:
             layout=lambda wildcards: LAYOUT_ARGS,
-            contents=shell_words(DATA["contents"]),
+            contents=DATA["contents"],
             dataset=config["dataset"],
         log:
             f"{LOGS}/data/check_data.log",
@@ -109,5 +108,5 @@ else:
             mem_mb=8000,
             runtime=60,
         shell:
-            "tbkin check-data {params.layout} --contents {params.contents}"
+            "tbkin check-data {params.layout:q} --contents {params.contents:q}"
             " --dataset {params.dataset:q} --out {output:q} > {log:q} 2>&1"

@@ -185,4 +185,4 @@ rule attention_maps:
     shell:
         "tbkin attention-maps --base {params.base:q} --tbkin {params.tbkin:q} --questions {params.questions:q}"
         " --annotations {params.annotations:q} --instances {params.instances:q} --images-dir {params.images:q}"
-        " --features {input.features:q} --num-questions {params.num_questions} --output {output:q} > {log:q} 2>&1"
+        " --features {input.features:q} --num-questions {params.num_questions:q} --output {output:q} > {log:q} 2>&1"

@@ -4,7 +4,6 @@
 #   detector.train: false -> extraction loads detector.weights (a local state dict,
 #                            e.g. fetched by the download rule); no training runs.
 # Target: `snakemake --cores all features_all`.
-import shlex
 
 DET = config["detector"]
 FEAT = config["features"]
@@ -43,9 +42,9 @@ if DET["train"]:
         shell:
             "tbkin train-detector --train-instances {params.train_instances:q} --train-images {params.train_images:q}"
             " --val-instances {params.val_instances:q} --val-images {params.val_images:q}"
-            " --weights {output.weights:q} --metrics {output.metrics:q} --iterations {params.iterations}"
-            " --batch-size {params.batch_size} --lr {params.lr} --min-size {params.min_size}"
-            " --max-size {params.max_size} --seed {params.seed} --threads {threads}"
+            " --weights {output.weights:q} --metrics {output.metrics:q} --iterations {params.iterations:q}"
+            " --batch-size {params.batch_size:q} --lr {params.lr:q} --min-size {params.min_size:q}"
+            " --max-size {params.max_size:q} --seed {params.seed:q} --threads {threads:q}"
             " --precision {params.precision:q} > {log:q} 2>&1"
 
 
@@ -58,7 +57,7 @@ rule extract_features:
     params:
         detector=detector_args(),
         image_list=lambda wildcards: (
-            f"--instances {shlex.quote(feature_image_list(wildcards.split))}" if feature_image_list(wildcards.split) else ""
+            ["--instances", feature_image_list(wildcards.split)] if feature_image_list(wildcards.split) else []
         ),
         images=lambda wildcards: data_file("images", wildcards.split),
         num_shards=N_FEATURE_SHARDS,
@@ -67,9 +66,7 @@ rule extract_features:
         nms_iou=FEAT["nms_iou"],
         batch_size=FEAT["batch_size"],
         precision=PRECISION,
-        flags=" ".join(
-            (["--float16"] if FEAT["float16"] else []) + (["--skip-bad-images"] if FEAT["skip_bad_images"] else [])
-        ),
+        flags=(["--float16"] if FEAT["float16"] else []) + (["--skip-bad-images"] if FEAT["skip_bad_images"] else []),
     wildcard_constraints:
         split="|".join(SPLITS),
         shard=r"\d+",
@@ -84,10 +81,10 @@ rule extract_features:
     conda:
         "../envs/tbkin.yaml"
     shell:
-        "tbkin extract-features {params.detector} {params.image_list} --images {params.images:q}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards} --num-regions {params.num_regions}"
-        " --min-score {params.min_score} --nms-iou {params.nms_iou} --batch-size {params.batch_size}"
-        " {params.flags} --threads {threads} --precision {params.precision:q} --output {output:q} > {log:q} 2>&1"
+        "tbkin extract-features {params.detector:q} {params.image_list:q} --images {params.images:q}"
+        " --shard {wildcards.shard:q} --num-shards {params.num_shards:q} --num-regions {params.num_regions:q}"
+        " --min-score {params.min_score:q} --nms-iou {params.nms_iou:q} --batch-size {params.batch_size:q}"
+        " {params.flags:q} --threads {threads:q} --precision {params.precision:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule combine_features:

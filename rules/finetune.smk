@@ -29,12 +29,12 @@ VQA_FT_PARAMS = dict(
     precision=PRECISION,
 )
 VQA_FT_SHELL = (
-    "{params.launcher} finetune-vqa --pretrained {params.pretrained:q}"
+    "{params.launcher:q} finetune-vqa --pretrained {params.pretrained:q}"
     " --train-questions {params.train_questions:q} --train-annotations {params.train_annotations:q}"
     " --train-features {input.train_features:q} --eval-questions {params.val_questions:q}"
     " --eval-features {input.val_features:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
-    " {params.attention} --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-    " --min-answer-count {params.min_answer_count} --readout {params.readout:q} --seed {params.seed} --threads {params.proc_threads}"
+    " {params.attention:q} --epochs {params.epochs:q} --batch-size {params.batch_size:q} --lr {params.lr:q}"
+    " --min-answer-count {params.min_answer_count:q} --readout {params.readout:q} --seed {params.seed:q} --threads {params.proc_threads:q}"
     " --precision {params.precision:q} > {log:q} 2>&1"
 )
 
@@ -43,17 +43,17 @@ REC_FT_PARAMS = dict(
     pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
     refs=data_file("refs"),
     refs_instances=data_file("refs_instances"),
-    eval_splits=shell_words(REC_EVAL_SPLITS),
+    eval_splits=REC_EVAL_SPLITS,
     batch_size=FT["rec"]["batch_size"],
     lr=FT["rec"]["lr"],
     precision=PRECISION,
 )
 REC_FT_SHELL = (
-    "{params.launcher} finetune-rec --pretrained {params.pretrained:q} --refs {params.refs:q}"
+    "{params.launcher:q} finetune-rec --pretrained {params.pretrained:q} --refs {params.refs:q}"
     " --refs-instances {params.refs_instances:q} --features {input.features:q}"
-    " --eval-splits {params.eval_splits} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
-    " {params.attention} --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-    " --seed {params.seed} --threads {params.proc_threads} --precision {params.precision:q} > {log:q} 2>&1"
+    " --eval-splits {params.eval_splits:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
+    " {params.attention:q} --epochs {params.epochs:q} --batch-size {params.batch_size:q} --lr {params.lr:q}"
+    " --seed {params.seed:q} --threads {params.proc_threads:q} --precision {params.precision:q} > {log:q} 2>&1"
 )
 
 

@@ -17,10 +17,10 @@ rule word_vectors:
     params:
         # only the settings of the chosen source, so changing another one reruns nothing
         source=(
-            shlex.join(["--vector-size", str(config["text"]["word2vec"]["vector_size"]),
-                        "--epochs", str(config["text"]["word2vec"]["epochs"]), "--seed", str(config["seed"])])
+            ["--vector-size", config["text"]["word2vec"]["vector_size"],
+             "--epochs", config["text"]["word2vec"]["epochs"], "--seed", config["seed"]]
             if TRAIN_WORD_VECTORS
-            else shlex.join(["--vectors-file", str(WORD_VECTOR_SOURCE.path)])
+            else ["--vectors-file", str(WORD_VECTOR_SOURCE.path)]
         ),
     threads: 1
     conda:
@@ -33,7 +33,7 @@ rule word_vectors:
     benchmark:
         f"{BENCH}/graph/word_vectors.tsv"
     shell:
-        "tbkin word-vectors {input.parses:q} {params.source} --output {output:q} > {log:q} 2>&1"
+        "tbkin word-vectors {input.parses:q} {params.source:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule build_graph:
@@ -63,7 +63,7 @@ rule build_graph:
     shell:
         "tbkin build-graph --parses {input.parses:q} --count-parses {input.all_parses:q}"
         " --features {input.features:q} --word-vectors {input.word_vectors:q}"
-        " --min-confidence {params.min_confidence} --min-similarity {params.min_similarity}"
+        " --min-confidence {params.min_confidence:q} --min-similarity {params.min_similarity:q}"
         " --edges {output.edges:q} --entries {output.entries:q} > {log:q} 2>&1"
 
 

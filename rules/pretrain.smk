@@ -22,8 +22,8 @@ rule pretrain:
         bert_path=MODEL["bert_path"] or "null",
         num_layers=MODEL["num_layers"],
         encoder_init=MODEL["encoder_init"],
-        sizes=shell_words(["--hidden-size", MODEL["hidden_size"] or "null", "--num-attention-heads",
-                           MODEL["num_attention_heads"] or "null", "--intermediate-size", MODEL["intermediate_size"] or "null"]),
+        sizes=["--hidden-size", MODEL["hidden_size"] or "null", "--num-attention-heads",
+               MODEL["num_attention_heads"] or "null", "--intermediate-size", MODEL["intermediate_size"] or "null"],
         max_text_len=MODEL["max_text_len"],
         prune_vocab=MODEL["prune_vocab"],
         steps=PT["steps"],
@@ -49,14 +49,14 @@ rule pretrain:
         f"{BENCH}/pretrain/pretrain.tsv"
     conda: "../envs/tbkin.yaml"
     shell:
-        "{params.launcher} pretrain --parses {input.parses:q} --features {input.features:q}"
+        "{params.launcher:q} pretrain --parses {input.parses:q} --features {input.features:q}"
         " --entries {input.entries:q} --out-dir {params.out_dir:q} --bert-path {params.bert_path:q}"
-        " --num-layers {params.num_layers} --encoder-init {params.encoder_init:q} {params.sizes} --max-text-len {params.max_text_len} --prune-vocab {params.prune_vocab}"
-        " --steps {params.steps} --batch-size {params.batch_size} --lr {params.lr}"
-        " --warmup-steps {params.warmup_steps} --task-weights {params.task_weights:q}"
-        " --itm-negative-ratio {params.itm_negative_ratio} --mask-prob {params.mask_prob}"
-        " --log-every {params.log_every} --checkpoint-every {params.checkpoint_every} --seed {params.seed}"
-        " --threads {params.proc_threads} --precision {params.precision:q} > {log:q} 2>&1"
+        " --num-layers {params.num_layers:q} --encoder-init {params.encoder_init:q} {params.sizes:q} --max-text-len {params.max_text_len:q} --prune-vocab {params.prune_vocab:q}"
+        " --steps {params.steps:q} --batch-size {params.batch_size:q} --lr {params.lr:q}"
+        " --warmup-steps {params.warmup_steps:q} --task-weights {params.task_weights:q}"
+        " --itm-negative-ratio {params.itm_negative_ratio:q} --mask-prob {params.mask_prob:q}"
+        " --log-every {params.log_every:q} --checkpoint-every {params.checkpoint_every:q} --seed {params.seed:q}"
+        " --threads {params.proc_threads:q} --precision {params.precision:q} > {log:q} 2>&1"
 
 
 rule plot_pretrain_losses:

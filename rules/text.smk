@@ -29,8 +29,8 @@ rule parse_text_shard:
     benchmark:
         f"{BENCH}/text/parse_{{split}}_{{shard}}.tsv"
     shell:
-        "tbkin parse-text {params.records} --shard {wildcards.shard} --num-shards {params.num_shards}"
-        " --spacy-model {params.model:q} --batch-size {params.batch_size} --output {output:q} > {log:q} 2>&1"
+        "tbkin parse-text {params.records:q} --shard {wildcards.shard:q} --num-shards {params.num_shards:q}"
+        " --spacy-model {params.model:q} --batch-size {params.batch_size:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule combine_parses:
@@ -54,7 +54,7 @@ rule combine_parses:
     benchmark:
         f"{BENCH}/text/combine_{{split}}.tsv"
     shell:
-        "tbkin combine-parses {input.shards:q} {params.records} --output {output:q} > {log:q} 2>&1"
+        "tbkin combine-parses {input.shards:q} {params.records:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule parser_metrics:

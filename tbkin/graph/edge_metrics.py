@@ -45,6 +45,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
+import torchvision
 
 from tbkin.atomic import write_json
 from tbkin.data.loaders import CocoAnnotation, load_coco_instances
@@ -97,18 +99,9 @@ def named_objects(record: Mapping, annotations: Sequence[CocoAnnotation],
 
 
 def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of x1y1x2y2 boxes (n, 4) against (k, 4) -> (n, k)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    others = np.asarray(others, np.float64).reshape(-1, 4)
-    ix = np.minimum(boxes[:, None, 2], others[None, :, 2]) - np.maximum(boxes[:, None, 0], others[None, :, 0])
-    iy = np.minimum(boxes[:, None, 3], others[None, :, 3]) - np.maximum(boxes[:, None, 1], others[None, :, 1])
-    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
-    union = _area(boxes)[:, None] + _area(others)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    """IoU of x1y1x2y2 boxes (n, 4) against (k, 4) -> (n, k) (torchvision's; 0 for empty boxes)."""
+    as_tensor = lambda b: torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 4))  # noqa: E731
+    return torch.nan_to_num(torchvision.ops.box_iou(as_tensor(boxes), as_tensor(others)), nan=0.0).numpy()
 
 
 def match_regions(boxes: np.ndarray, scores: np.ndarray, annotations: Sequence[CocoAnnotation],

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import shutil
@@ -104,9 +105,13 @@ def train(
     steps_per_epoch = max(1, num_examples // (per_rank * ctx.world_size))
     total = steps_per_epoch * settings.epochs
 
+    @functools.lru_cache(maxsize=1)  # one shuffle per epoch, not per step
+    def order_of(epoch: int) -> torch.Tensor:
+        return epoch_order(num_examples, settings.seed, epoch)
+
     def batch_of_step(step: int, rank: int) -> Batch:
         epoch, within = divmod(step, steps_per_epoch)
-        order = epoch_order(num_examples, settings.seed, epoch)
+        order = order_of(epoch)
         first = (within * ctx.world_size + rank) * per_rank
         return make_batch([int(order[i % num_examples]) for i in range(first, first + per_rank)])
 

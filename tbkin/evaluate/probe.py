@@ -47,12 +47,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from tbkin.atomic import write_json
 from tbkin.data.vocab import COLORS, SHAPES, plural
@@ -61,6 +59,7 @@ from tbkin.model.modeling_tbkin import CheckpointError, TbkinInputs, TbkinModel,
 from tbkin.model.tokenization import pieces_in_span
 from tbkin.precision import PRECISIONS, autocast, resolve_precision
 from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images, pad_text
+from tbkin.train.loop import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +177,6 @@ def _masked_batch(examples: list[ProbeExample], images: list[int], store: Region
     return inputs, original_ids, masked
 
 
-def _progress_interval() -> float:
-    # in a log file, a redraw every 0.1 s would write megabytes of carriage returns
-    return 0.1 if sys.stderr.isatty() else 30.0
-
-
 def probe(model: TbkinModel, heads, captions: list[ProbeCaption], store: RegionStore, mask_token_id: int, *,
           seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu", precision: str = "fp32") -> dict:
     """Hits and counts per group: {"color": {"own_image": hits, "random_image": hits, "masked_words": n}, ...}."""
@@ -197,7 +191,9 @@ def probe(model: TbkinModel, heads, captions: list[ProbeCaption], store: RegionS
     model.eval()
     heads.eval()
     starts = range(0, len(examples), batch_size)
-    for start in tqdm(starts, desc="probe", unit="batch", mininterval=_progress_interval()):
+    bar = progress_bar(len(starts), 0, "probe", enabled=True)
+    for start in starts:
+        bar.update(1)
         chunk = examples[start: start + batch_size]
         batch_examples = [example for example, _ in chunk]
         groups = [example.group for example in batch_examples]
@@ -210,6 +206,7 @@ def probe(model: TbkinModel, heads, captions: list[ProbeCaption], store: RegionS
                 hits = masked_word_hits(model, heads, inputs.to(device), original_ids.to(device), masked.to(device))
             for group, hit in zip(groups, hits.tolist()):
                 counts[group][condition] += int(hit)
+    bar.close()
     return counts
 
 

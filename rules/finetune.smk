@@ -67,7 +67,7 @@ rule finetune_vqa:
     params:
         **VQA_FT_PARAMS,
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        attention=f"--mode threshold --threshold {FT['threshold']}",
+        attention=["--mode", "threshold", "--threshold", FT["threshold"]],
         epochs=FT["vqa"]["epochs"],
         seed=config["seed"],
         launcher=lambda wildcards, resources: training_launcher(resources.nproc),
@@ -90,7 +90,7 @@ rule finetune_vqa_base:
     params:
         **VQA_FT_PARAMS,
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        attention="--mode threshold --threshold 0",
+        attention=["--mode", "threshold", "--threshold", 0],
         epochs=FT["vqa"]["epochs"],
         seed=config["seed"],
         launcher=lambda wildcards, resources: training_launcher(resources.nproc),
@@ -113,7 +113,7 @@ rule finetune_rec:
     params:
         **REC_FT_PARAMS,
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        attention=f"--mode threshold --threshold {FT['threshold']}",
+        attention=["--mode", "threshold", "--threshold", FT["threshold"]],
         epochs=FT["rec"]["epochs"],
         seed=config["seed"],
         launcher=lambda wildcards, resources: training_launcher(resources.nproc),

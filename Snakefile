@@ -1,11 +1,11 @@
 # TBKIN pipeline. Default config: the offline `shapes` dataset.
 #   snakemake --cores all results/vqa_eval.json
-# Real data:  snakemake --cores all --configfile config/vqa2.yaml results/vqa_eval.json
+# Real data:  snakemake --cores all results/vqa2/vqa_eval.json --configfile config/vqa2.yaml
 # Cluster:    snakemake --profile workflow/profiles/slurm results/vqa_eval.json
 
 import os
 
-from tbkin.config import validate as validate_config, ConfigError, read_config_file
+from tbkin.config import validate as validate_config, ConfigError, deep_merge, read_config_file, typed_overrides
 
 # Snakemake reports a broken YAML file without its name or line: read the default
 # config first so that its error names both. (Files given with --configfile are read
@@ -18,8 +18,13 @@ if os.path.exists("config/config.yaml"):
 
 configfile: "config/config.yaml"
 
+# `--config key=value` values reach us as text ('0.1', 'true'): read them as YAML
+# scalars, as they would be in a config file (safe_load: no value can run code).
 try:
-    config.update(validate_config(config, sources=[str(f) for f in workflow.configfiles] or ["config/config.yaml"]))
+    _overrides = typed_overrides(workflow.config_settings.overwrite_config)
+    config.update(deep_merge(config, _overrides))
+    _sources = [str(f) for f in workflow.configfiles] or ["config/config.yaml"]
+    config.update(validate_config(config, sources=_sources + (["--config"] if _overrides else [])))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -37,23 +42,20 @@ include: "rules/evaluate.smk"
 
 rule all:
     input:
-        VQA_EVAL,
-        REC_EVAL,
-        [PROBE] if config["dataset"] == "shapes" else [],
+        MAIN_TARGETS,
+        [PROBE] if config["dataset"] == "shapes" and not PT["checkpoint"] else [],
 
 
 rule all_results:
     """Every result the workflow report shows: `snakemake --report report.html all_results` after running it."""
     input:
-        VQA_EVAL,
-        REC_EVAL,
-        PRETRAIN_PLOT,
-        [PROBE] if config["dataset"] == "shapes" else [],
+        MAIN_TARGETS,
+        [PRETRAIN_PLOT, *([PROBE] if config["dataset"] == "shapes" else [])] if not PT["checkpoint"] else [],
         ABLATION_CSV,
         ABLATION_SUMMARY,
         ABLATION_VQA_PNG,
         ABLATION_REC_PNG,
-        ATTENTION_MAPS,
+        [ATTENTION_MAPS] if HAS_VQA else [],
         [DETECTOR_METRICS] if config["detector"]["train"] else [],
         [PARSER_METRICS] if config["dataset"] == "shapes" else [],
         expand(EDGE_METRICS, split=list(SPLITS)) if config["dataset"] == "shapes" else [],

@@ -107,7 +107,7 @@ def main() -> None:
     layers = config["model"]["num_layers"]
     model_config = TbkinConfig(vocab_size=1000, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden,
                                num_hidden_layers=layers, region_feature_dim=256, num_region_labels=16,
-                               max_text_len=text, max_regions=regions)
+                               max_text_len=text)
     model = TbkinModel(model_config).to(device).train()
     ids = torch.randint(5, 1000, (batch, text), generator=g)
     inputs = TbkinInputs(ids.masked_fill(~valid[:, :text], 0), valid[:, :text], torch.randn(batch, regions, 256, generator=g),

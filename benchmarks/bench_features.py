@@ -38,8 +38,8 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = load_detection_data(args.instances)
     base = data.images[: args.base_images] if args.base_images else data.images
-    stride = max(r.image_id for r in base) + 1
-    records = [replace(r, image_id=r.image_id + k * stride) for k in range(args.factor) for r in base]
+    stride = max(r.id for r in base) + 1
+    records = [replace(r, id=r.id + k * stride) for k in range(args.factor) for r in base]
     if args.weights:
         detector = load_region_detector(args.weights, device=args.device)
     else:
@@ -92,7 +92,7 @@ def main() -> None:
     instances = os.path.join(data["root"], data["instances"].format(split=split))
     images = os.path.join(data["root"], data["images"].format(split=split))
     if not os.path.exists(instances):
-        sys.exit(f"{instances} not found: generate the dataset first (snakemake --cores all {data['root']}/DATASET_READY.json)")
+        sys.exit(f"{instances} not found: generate the dataset first (snakemake --cores all {config['results']}/data/generate_shapes.json)")
     feat, det = config["features"], config["detector"]
     base_cmd = [
         sys.executable, __file__, "--child", "--instances", instances, "--images", images,

@@ -61,8 +61,7 @@ def load_encoder(config: dict) -> tuple[TbkinModel, str]:
                                  keep_piece_ids=list(range(1000)),  # a pruned vocabulary, as the workflow uses
                                  region_feature_dim=DetectorArchitecture(SMALL_ARCHITECTURE, []).representation_size,
                                  num_region_labels=6,
-                                 max_text_len=config["model"]["max_text_len"],
-                                 max_regions=config["features"]["num_regions"])
+                                 max_text_len=config["model"]["max_text_len"])
     return model, f"{bert} (first {config['model']['num_layers']} layers, 1,000 word pieces)"
 
 

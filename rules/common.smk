@@ -1,12 +1,22 @@
-# Paths shared by every rule file. All artifact names are defined here, once.
+# Paths and helpers shared by every rule file. All artifact names are defined here,
+# once; rule files hold rules only.
+import json
 import os
+from dataclasses import asdict
+
+from tbkin.data.shapes import ShapesSpec
 
 R = config["results"]
 DATA = config["data"]
-SPLITS = dict(DATA["splits"])            # logical split -> file-name split
+SPLITS = {k: v for k, v in DATA["splits"].items() if v}  # logical split -> file-name split (null: none)
+CONTENTS = DATA["contents"]              # which official files the dataset has
 LOGS = f"{R}/logs"
 PRECISION = config["train"]["precision"]   # auto | bf16 | fp32, for every training and inference step
 BENCH = f"{R}/benchmarks"
+DET = config["detector"]
+MODEL = config["model"]
+PT = config["pretrain"]
+FT = config["finetune"]
 
 
 def data_file(key, split=None):
@@ -17,9 +27,69 @@ def data_file(key, split=None):
     return os.path.join(DATA["root"], pattern)
 
 
-# Stage 0: dataset in official formats. For `shapes` the generator writes this
-# marker after every file of the dataset is in place.
-DATA_READY = os.path.join(DATA["root"], "DATASET_READY.json")
+# Stage 0: the dataset in official formats, then one check per part (split or refs).
+# Markers live below results (the dataset folder may be a shared read-only copy).
+GENERATED = f"{R}/data/generate_shapes.json"       # shapes: the generator's spec and counts
+GOLD_SCENE_GRAPHS = os.path.join(DATA["root"], "gold_scene_graphs.json")  # shapes only
+IMAGE_LIST = f"{R}/data/{{split}}/image_list.json"  # check-data of a split: counts, hashes, its images
+REFS_CHECKED = f"{R}/data/refs_checked.json"        # check-data of the refs
+DOWNLOAD_DONE = os.path.join(DATA["download_dir"], "{name}.done.json")
+
+
+def split_files(split):
+    """Official files of one split, by key, as data.contents has them."""
+    keys = [k for k in ("instances", "captions") if k in CONTENTS]
+    keys += ["vqa_questions", "vqa_annotations"] if "vqa" in CONTENTS else []
+    return {key: data_file(key, split) for key in keys}
+
+
+def refs_files():
+    return {key: data_file(key) for key in ("refs", "refs_instances")} if "refs" in CONTENTS else {}
+
+
+def required_data_files():
+    """Every file and image folder the config reads, and detector.weights when it is a file to load."""
+    files = [path for split in SPLITS for path in split_files(split).values()]
+    files += list(refs_files().values()) + [data_file("images", split) for split in SPLITS]
+    if not DET["train"] and DET["weights"]:
+        files.append(DET["weights"])
+    return files
+
+
+def present(paths):
+    """The paths a check reads that exist now (shapes: all, its generator writes them)."""
+    return [p for p in paths if config["dataset"] == "shapes" or os.path.exists(p)]
+
+
+def data_input(key, split=None):
+    """A data file as a rule input, so editing it reruns the rule. Before a download has
+    put it in place it is not there yet: the rule then waits on the check that follows
+    the downloads (which every reader of data files also declares)."""
+    path = data_file(key, split)
+    if config["dataset"] == "shapes" or os.path.exists(path):
+        return path
+    return REFS_CHECKED if split is None else IMAGE_LIST.format(split=split)
+
+
+def data_inputs(split, *keys):
+    """{key: data_input} of one split's files plus its check marker ('image_list')."""
+    return {key: data_input(key, split) for key in keys} | {"image_list": IMAGE_LIST.format(split=split)}
+
+
+def refs_inputs():
+    return {key: data_input(key) for key in refs_files()} | {"refs_checked": REFS_CHECKED}
+
+
+def layout_args():
+    """Options telling a tbkin data command where the files are."""
+    words = ["--root", DATA["root"]]
+    words += [word for logical, name in SPLITS.items() for word in ("--split", f"{logical}={name}")]
+    for key in ("images", "instances", "captions", "vqa_questions", "vqa_annotations", "refs", "refs_instances"):
+        words += [f"--{key.replace('_', '-')}", DATA[key]]
+    return words
+
+
+SHAPES_SPEC = json.dumps(asdict(ShapesSpec.from_config(config)), sort_keys=True)
 
 # Stage 1: detector and region features
 DETECTOR_WEIGHTS = f"{R}/detector/detector.safetensors"
@@ -40,12 +110,18 @@ EDGES = f"{R}/graph/edges/split={{split}}/part-0.parquet"
 EDGE_METRICS = f"{R}/graph/edge_metrics_{{split}}.json"  # shapes only: cross edges vs gold
 ENTRIES = f"{R}/graph/entries/split={{split}}/part-0.parquet"
 
-# Stage 5: pretraining
-PRETRAIN_DIR = f"{R}/pretrain"
+# Stage 5: pretraining, or another run's pretrained checkpoint (pretrain.checkpoint)
+PRETRAIN_DIR = PT["checkpoint"] or f"{R}/pretrain"
 PRETRAIN_CKPT = f"{PRETRAIN_DIR}/model.safetensors"
-PRETRAIN_LOG = f"{PRETRAIN_DIR}/log.jsonl"
-PRETRAIN_PLOT = f"{PRETRAIN_DIR}/loss_curves.png"
-PROBE = f"{PRETRAIN_DIR}/probe.json"  # shapes only: masked colour/shape words, own vs random image
+PRETRAIN_LOG = f"{R}/pretrain/log.jsonl"
+PRETRAIN_PLOT = f"{R}/pretrain/loss_curves.png"
+PROBE = f"{R}/pretrain/probe.json"  # shapes only: masked colour/shape words, own vs random image
+# Every setting pretraining reads, passed whole as one JSON object
+PRETRAIN_SETTINGS = json.dumps(
+    {**MODEL, **{k: v for k, v in PT.items() if k not in ("nproc", "checkpoint")}, "seed": config["seed"],
+     "precision": PRECISION},
+    sort_keys=True,
+)
 
 # Stage 6-7: fine-tuning and evaluation
 VQA_DIR = f"{R}/finetune/vqa"
@@ -55,6 +131,11 @@ REC_DIR = f"{R}/finetune/rec"
 REC_EVAL = f"{R}/rec_eval.json"
 ABLATION_DIR = f"{R}/ablation"
 ATTENTION_MAPS = f"{R}/figures/attention_maps.png"
+HAS_VQA = "vqa" in CONTENTS
+HAS_REFS = "refs" in CONTENTS
+if HAS_VQA and "val" not in SPLITS:
+    raise WorkflowError("data.contents has vqa, so data.splits needs a val split (its questions are evaluated)")
+MAIN_TARGETS = ([VQA_EVAL] if HAS_VQA else []) + ([REC_EVAL] if HAS_REFS else [])
 
 
 def shard_ids(n):
@@ -65,15 +146,31 @@ def shard_ids(n):
 # use them with `:q`, which quotes each word, so no value is ever parsed by the shell.
 
 
-# Helpers of rules/features.smk (functions live here: rule files hold rules only).
+# Helpers of rules/data.smk.
 
-def feature_image_list(split):
-    """COCO-format JSON listing the split's images: its instances file, or for
-    datasets that have none (RefCOCO) the refs' instances (train images only)."""
-    if "instances" in DATA.get("contents", ["instances"]):
-        return data_file("instances", split)
-    return data_file("refs_instances") if split == "train" else None
+def download_options(name):
+    spec = config["downloads"][name]
+    words = ["--url", spec["url"]]
+    words += ["--sha256", str(spec["sha256"])] if spec.get("sha256") else []
+    words += ["--size", spec["size"]] if spec.get("size") else []
+    if spec.get("extract_to") is not None:
+        words += ["--extract-to", os.path.normpath(os.path.join(DATA["root"], spec["extract_to"]))]
+    return words
 
+
+def planned_downloads():
+    """Downloads to run: none when every file the config reads is already in place, or
+    when data.download is false (then a missing file is an error naming it)."""
+    missing = [path for path in required_data_files() if not os.path.exists(path)]
+    if not missing or config["dataset"] == "shapes":
+        return []
+    if not DATA["download"]:
+        raise WorkflowError(
+            "data.download is false, but these files of the config are missing:\n  " + "\n  ".join(missing))
+    return list(config["downloads"])
+
+
+# Helpers of rules/features.smk.
 
 def detector_args():
     if DET["train"]:
@@ -83,23 +180,33 @@ def detector_args():
             "--architecture", DET["architecture"], "--min-size", DET["min_size"], "--max-size", DET["max_size"]]
 
 
+def detector_input():
+    """The weights extraction loads: trained here, a local file, or one a download writes."""
+    if DET["train"]:
+        return DETECTOR_WEIGHTS
+    if DET["weights"] and os.path.exists(DET["weights"]):
+        return DET["weights"]
+    return [DOWNLOAD_DONE.format(name=name) for name in planned_downloads()]
+
+
 # Helpers of rules/text.smk.
 
-def text_record_files(split):
-    """Official-format files holding the split's texts (see docs/configuration.md)."""
+def text_record_inputs(wildcards):
+    """Official files holding the split's texts: captions, questions, and (train) refs."""
     files = {}
-    if config["dataset"] in ("shapes", "vqa2"):
-        files["captions"] = data_file("captions", split)
-        files["questions"] = data_file("vqa_questions", split)
-    if config["dataset"] != "vqa2" and split == "train":  # refs use train images
-        files["refs"] = data_file("refs")
-        files["refs_instances"] = data_file("refs_instances")
+    if "captions" in CONTENTS:
+        files["captions"] = data_input("captions", wildcards.split)
+    if HAS_VQA:
+        files["questions"] = data_input("vqa_questions", wildcards.split)
+    if HAS_REFS and wildcards.split == "train":  # refs are about train images
+        files["refs"] = data_input("refs")
+        files["refs_instances"] = data_input("refs_instances")
     return files
 
 
-def text_record_args(wildcards):
-    files = text_record_files(wildcards.split)
-    return [word for key, path in files.items() for word in (f"--{key.replace('_', '-')}", path)]
+def text_record_args(wildcards, input):
+    return [word for key in ("captions", "questions", "refs", "refs_instances") if key in input.keys()
+            for word in (f"--{key.replace('_', '-')}", input[key])]
 
 
 # Helpers of rules/evaluate.smk.
@@ -116,5 +223,5 @@ def ablation_attention(wildcards):
 def training_launcher(nproc):
     """Start a training subcommand on `nproc` processes per node: one plain process,
     torchrun on this machine, or one torchrun per node inside a multi-node SLURM job
-    (see `tbkin launch --help` and README, "Running on a cluster")."""
+    (see `tbkin launch --help` and docs/cluster.md)."""
     return ["tbkin", "launch", "--nproc-per-node", nproc, "--"]

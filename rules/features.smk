@@ -1,11 +1,11 @@
 # Stage 1: Faster R-CNN detector and top-m region features (HDF5, sharded).
 #   detector.train: true  -> train_detector fits the small detector on the dataset's
 #                            boxes (shapes) and writes its val box mAP to DETECTOR_METRICS.
-#   detector.train: false -> extraction loads detector.weights (a local state dict,
-#                            e.g. fetched by the download rule); no training runs.
+#   detector.train: false -> extraction loads detector.weights (a local state dict or a
+#                            detector.safetensors written by another run's train_detector,
+#                            or a file the download rule fetches); no training runs.
 # Target: `snakemake --cores all features_all`.
 
-DET = config["detector"]
 FEAT = config["features"]
 
 
@@ -13,14 +13,15 @@ if DET["train"]:
 
     rule train_detector:
         input:
-            ready=DATA_READY,
+            train_instances=data_input("instances", "train"),
+            val_instances=data_input("instances", "val"),
+            train_checked=IMAGE_LIST.format(split="train"),
+            val_checked=IMAGE_LIST.format(split="val"),
         output:
             weights=DETECTOR_WEIGHTS,
             metrics=report(DETECTOR_METRICS, caption="../workflow/report/detector_metrics.rst", category="1. Detector"),
         params:
-            train_instances=data_file("instances", "train"),
             train_images=data_file("images", "train"),
-            val_instances=data_file("instances", "val"),
             val_images=data_file("images", "val"),
             iterations=DET["iterations"],
             batch_size=DET["batch_size"],
@@ -40,8 +41,8 @@ if DET["train"]:
         conda:
             "../envs/tbkin.yaml"
         shell:
-            "tbkin train-detector --train-instances {params.train_instances:q} --train-images {params.train_images:q}"
-            " --val-instances {params.val_instances:q} --val-images {params.val_images:q}"
+            "tbkin train-detector --train-instances {input.train_instances:q} --train-images {params.train_images:q}"
+            " --val-instances {input.val_instances:q} --val-images {params.val_images:q}"
             " --weights {output.weights:q} --metrics {output.metrics:q} --iterations {params.iterations:q}"
             " --batch-size {params.batch_size:q} --lr {params.lr:q} --min-size {params.min_size:q}"
             " --max-size {params.max_size:q} --seed {params.seed:q} --threads {threads:q}"
@@ -50,15 +51,12 @@ if DET["train"]:
 
 rule extract_features:
     input:
-        ready=DATA_READY,
-        weights=DETECTOR_WEIGHTS if DET["train"] else [],
+        image_list=IMAGE_LIST,
+        weights=detector_input(),
     output:
         FEATURE_SHARD,
     params:
         detector=detector_args(),
-        image_list=lambda wildcards: (
-            ["--instances", feature_image_list(wildcards.split)] if feature_image_list(wildcards.split) else []
-        ),
         images=lambda wildcards: data_file("images", wildcards.split),
         num_shards=N_FEATURE_SHARDS,
         num_regions=FEAT["num_regions"],
@@ -81,7 +79,7 @@ rule extract_features:
     conda:
         "../envs/tbkin.yaml"
     shell:
-        "tbkin extract-features {params.detector:q} {params.image_list:q} --images {params.images:q}"
+        "tbkin extract-features {params.detector:q} --image-list {input.image_list:q} --images {params.images:q}"
         " --shard {wildcards.shard:q} --num-shards {params.num_shards:q} --num-regions {params.num_regions:q}"
         " --min-score {params.min_score:q} --nms-iou {params.nms_iou:q} --batch-size {params.batch_size:q}"
         " {params.flags:q} --threads {threads:q} --precision {params.precision:q} --output {output:q} > {log:q} 2>&1"

@@ -1,126 +1,100 @@
 # Rules for the finetune stage: threshold fine-tuning on VQA and REC.
 # Every config value a step uses goes through params, so changing it reruns the step.
+# The Base run (T = 0) and the ablation runs reuse these rules (`use rule ... with:`).
 
-FT = config["finetune"]
-# Fine-tuned directories besides the main ones (paths derived from common.smk names).
 VQA_BASE_DIR = f"{R}/finetune/vqa-base"          # T = 0, same settings: Base for the attention maps
 REC_PREDICTIONS = f"{REC_DIR}/predictions.json"
 REC_EVAL_SPLITS = [s for s in DATA["refs_splits"] if s != "train"]
-# Torch threads of one fine-tuning job (a small model gains nothing from many more).
 FT_THREADS = 8  # at most --cores: Snakemake caps threads at the cores it is given
 
 
-# Inputs and data paths shared by every VQA fine-tuning run.
-VQA_FT_INPUT = dict(
-    ready=DATA_READY,
-    pretrained=PRETRAIN_CKPT,
-    train_features=FEATURES.format(split="train"),
-    val_features=FEATURES.format(split="val"),
-)
-VQA_FT_PARAMS = dict(
-    pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
-    train_questions=data_file("vqa_questions", "train"),
-    train_annotations=data_file("vqa_annotations", "train"),
-    val_questions=data_file("vqa_questions", "val"),
-    batch_size=FT["vqa"]["batch_size"],
-    lr=FT["vqa"]["lr"],
-    min_answer_count=FT["vqa"]["min_answer_count"],
-    readout=FT["vqa"]["readout"],
-    precision=PRECISION,
-)
-VQA_FT_SHELL = (
-    "{params.launcher:q} finetune-vqa --pretrained {params.pretrained:q}"
-    " --train-questions {params.train_questions:q} --train-annotations {params.train_annotations:q}"
-    " --train-features {input.train_features:q} --eval-questions {params.val_questions:q}"
-    " --eval-features {input.val_features:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
-    " {params.attention:q} --epochs {params.epochs:q} --batch-size {params.batch_size:q} --lr {params.lr:q}"
-    " --min-answer-count {params.min_answer_count:q} --readout {params.readout:q} --seed {params.seed:q} --threads {params.proc_threads:q}"
-    " --precision {params.precision:q} > {log:q} 2>&1"
-)
+if HAS_VQA:
 
-REC_FT_INPUT = dict(ready=DATA_READY, pretrained=PRETRAIN_CKPT, features=FEATURES.format(split="train"))
-REC_FT_PARAMS = dict(
-    pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
-    refs=data_file("refs"),
-    refs_instances=data_file("refs_instances"),
-    eval_splits=REC_EVAL_SPLITS,
-    batch_size=FT["rec"]["batch_size"],
-    lr=FT["rec"]["lr"],
-    precision=PRECISION,
-)
-REC_FT_SHELL = (
-    "{params.launcher:q} finetune-rec --pretrained {params.pretrained:q} --refs {params.refs:q}"
-    " --refs-instances {params.refs_instances:q} --features {input.features:q}"
-    " --eval-splits {params.eval_splits:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
-    " {params.attention:q} --epochs {params.epochs:q} --batch-size {params.batch_size:q} --lr {params.lr:q}"
-    " --seed {params.seed:q} --threads {params.proc_threads:q} --precision {params.precision:q} > {log:q} 2>&1"
-)
+    rule finetune_vqa:
+        input:
+            **data_inputs("train", "vqa_questions", "vqa_annotations"),
+            val_questions=data_input("vqa_questions", "val"),
+            val_checked=IMAGE_LIST.format(split="val"),
+            pretrained=PRETRAIN_CKPT,
+            train_features=FEATURES.format(split="train"),
+            val_features=FEATURES.format(split="val"),
+        output:
+            model=f"{VQA_DIR}/model.safetensors",
+            head=f"{VQA_DIR}/head.safetensors",
+            run=f"{VQA_DIR}/run.json",
+            predictions=VQA_PREDICTIONS,
+        params:
+            pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
+            out_dir=lambda wildcards, output: os.path.dirname(output.run),
+            attention=["--mode", "threshold", "--threshold", FT["threshold"]],
+            options=["--epochs", FT["vqa"]["epochs"], "--batch-size", FT["vqa"]["batch_size"], "--lr", FT["vqa"]["lr"],
+                     "--min-answer-count", FT["vqa"]["min_answer_count"], "--readout", FT["vqa"]["readout"],
+                     "--precision", PRECISION],
+            seed=config["seed"],
+            launcher=lambda wildcards, resources: training_launcher(resources.nproc),
+            proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
+        threads: FT_THREADS
+        resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
+        log: f"{LOGS}/finetune_vqa.log"
+        benchmark: f"{BENCH}/finetune_vqa.tsv"
+        conda: "../envs/tbkin.yaml"
+        shell:
+            "{params.launcher:q} finetune-vqa --pretrained {params.pretrained:q}"
+            " --train-questions {input.vqa_questions:q} --train-annotations {input.vqa_annotations:q}"
+            " --train-features {input.train_features:q} --eval-questions {input.val_questions:q}"
+            " --eval-features {input.val_features:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
+            " {params.attention:q} {params.options:q} --seed {params.seed:q} --threads {params.proc_threads:q}"
+            " > {log:q} 2>&1"
 
 
-rule finetune_vqa:
-    input: **VQA_FT_INPUT
-    output:
-        model=f"{VQA_DIR}/model.safetensors",
-        head=f"{VQA_DIR}/head.safetensors",
-        run=f"{VQA_DIR}/run.json",
-        predictions=VQA_PREDICTIONS,
-    params:
-        **VQA_FT_PARAMS,
-        out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        attention=["--mode", "threshold", "--threshold", FT["threshold"]],
-        epochs=FT["vqa"]["epochs"],
-        seed=config["seed"],
-        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
-        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
-    threads: FT_THREADS
-    resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
-    log: f"{LOGS}/finetune_vqa.log"
-    benchmark: f"{BENCH}/finetune_vqa.tsv"
-    conda: "../envs/tbkin.yaml"
-    shell: VQA_FT_SHELL
+    use rule finetune_vqa as finetune_vqa_base with:
+        output:
+            model=f"{VQA_BASE_DIR}/model.safetensors",
+            head=f"{VQA_BASE_DIR}/head.safetensors",
+            run=f"{VQA_BASE_DIR}/run.json",
+            predictions=f"{VQA_BASE_DIR}/predictions.json",
+        params:
+            pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
+            out_dir=lambda wildcards, output: os.path.dirname(output.run),
+            attention=["--mode", "threshold", "--threshold", 0],
+            options=rules.finetune_vqa.params.options,
+            seed=config["seed"],
+            launcher=lambda wildcards, resources: training_launcher(resources.nproc),
+            proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
+        log: f"{LOGS}/finetune_vqa_base.log"
+        benchmark: f"{BENCH}/finetune_vqa_base.tsv"
 
 
-rule finetune_vqa_base:
-    input: **VQA_FT_INPUT
-    output:
-        model=f"{VQA_BASE_DIR}/model.safetensors",
-        head=f"{VQA_BASE_DIR}/head.safetensors",
-        run=f"{VQA_BASE_DIR}/run.json",
-        predictions=f"{VQA_BASE_DIR}/predictions.json",
-    params:
-        **VQA_FT_PARAMS,
-        out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        attention=["--mode", "threshold", "--threshold", 0],
-        epochs=FT["vqa"]["epochs"],
-        seed=config["seed"],
-        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
-        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
-    threads: FT_THREADS
-    resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
-    log: f"{LOGS}/finetune_vqa_base.log"
-    benchmark: f"{BENCH}/finetune_vqa_base.tsv"
-    conda: "../envs/tbkin.yaml"
-    shell: VQA_FT_SHELL
+if HAS_REFS:
 
-
-rule finetune_rec:
-    input: **REC_FT_INPUT
-    output:
-        model=f"{REC_DIR}/model.safetensors",
-        head=f"{REC_DIR}/head.safetensors",
-        run=f"{REC_DIR}/run.json",
-        predictions=REC_PREDICTIONS,
-    params:
-        **REC_FT_PARAMS,
-        out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        attention=["--mode", "threshold", "--threshold", FT["threshold"]],
-        epochs=FT["rec"]["epochs"],
-        seed=config["seed"],
-        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
-        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
-    threads: FT_THREADS
-    resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
-    log: f"{LOGS}/finetune_rec.log"
-    benchmark: f"{BENCH}/finetune_rec.tsv"
-    conda: "../envs/tbkin.yaml"
-    shell: REC_FT_SHELL
+    rule finetune_rec:
+        input:
+            **refs_inputs(),
+            pretrained=PRETRAIN_CKPT,
+            features=FEATURES.format(split="train"),
+        output:
+            model=f"{REC_DIR}/model.safetensors",
+            head=f"{REC_DIR}/head.safetensors",
+            run=f"{REC_DIR}/run.json",
+            predictions=REC_PREDICTIONS,
+        params:
+            pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
+            out_dir=lambda wildcards, output: os.path.dirname(output.run),
+            eval_splits=REC_EVAL_SPLITS,
+            attention=["--mode", "threshold", "--threshold", FT["threshold"]],
+            options=["--epochs", FT["rec"]["epochs"], "--batch-size", FT["rec"]["batch_size"], "--lr", FT["rec"]["lr"],
+                     "--precision", PRECISION],
+            seed=config["seed"],
+            launcher=lambda wildcards, resources: training_launcher(resources.nproc),
+            proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
+        threads: FT_THREADS
+        resources: mem_mb=6000, runtime=60, nproc=FT["nproc"]
+        log: f"{LOGS}/finetune_rec.log"
+        benchmark: f"{BENCH}/finetune_rec.tsv"
+        conda: "../envs/tbkin.yaml"
+        shell:
+            "{params.launcher:q} finetune-rec --pretrained {params.pretrained:q} --refs {input.refs:q}"
+            " --refs-instances {input.refs_instances:q} --features {input.features:q}"
+            " --eval-splits {params.eval_splits:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
+            " {params.attention:q} {params.options:q} --seed {params.seed:q} --threads {params.proc_threads:q}"
+            " > {log:q} 2>&1"

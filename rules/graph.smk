@@ -1,7 +1,7 @@
 # Unified scene graph and knowledge entries (Parquet, hive-partitioned by split).
 from tbkin.graph.wordvec import vector_source
 
-ALL_PARSES = expand(PARSES, split=list(SPLITS))
+TRAIN_PARSES = PARSES.format(split="train")  # statistics the model uses come from train only
 # text.word_vectors: bert (model.bert_path's input embeddings), word2vec, or a path
 WORD_VECTOR_SOURCE = vector_source(config["text"]["word_vectors"], config["model"]["bert_path"])
 TRAIN_WORD_VECTORS = WORD_VECTOR_SOURCE.path is None
@@ -9,8 +9,8 @@ TRAIN_WORD_VECTORS = WORD_VECTOR_SOURCE.path is None
 
 rule word_vectors:
     input:
-        # Word2Vec reads the parsed texts; otherwise the vector file / checkpoint files
-        parses=ALL_PARSES if TRAIN_WORD_VECTORS else [],
+        # Word2Vec reads the train split's texts; otherwise the vector file / checkpoint files
+        parses=TRAIN_PARSES if TRAIN_WORD_VECTORS else [],
         source_files=WORD_VECTOR_SOURCE.files,
     output:
         WORD_VECTORS,
@@ -39,7 +39,7 @@ rule word_vectors:
 rule build_graph:
     input:
         parses=PARSES,
-        all_parses=ALL_PARSES,
+        count_parses=TRAIN_PARSES,
         features=FEATURES,
         word_vectors=WORD_VECTORS,
     output:
@@ -61,24 +61,23 @@ rule build_graph:
     benchmark:
         f"{BENCH}/graph/build_{{split}}.tsv"
     shell:
-        "tbkin build-graph --parses {input.parses:q} --count-parses {input.all_parses:q}"
+        "tbkin build-graph --parses {input.parses:q} --count-parses {input.count_parses:q}"
         " --features {input.features:q} --word-vectors {input.word_vectors:q}"
         " --min-confidence {params.min_confidence:q} --min-similarity {params.min_similarity:q}"
         " --edges {output.edges:q} --entries {output.entries:q} > {log:q} 2>&1"
 
 
 rule edge_metrics:
-    """Cross edges against the shapes generator's gold (the gold is written with DATA_READY)."""
+    """Cross edges against the shapes generator's gold."""
     input:
-        ready=DATA_READY,
+        gold=GOLD_SCENE_GRAPHS,
+        instances=lambda wildcards: data_input("instances", wildcards.split),
         edges=EDGES,
         parses=PARSES,
         features=FEATURES,
     output:
         EDGE_METRICS,
     params:
-        gold=GOLD_SCENE_GRAPHS,
-        instances=lambda wildcards: data_file("instances", wildcards.split),
         min_confidence=config["text"]["min_detection_confidence"],
     wildcard_constraints:
         split="|".join(SPLITS),
@@ -94,7 +93,7 @@ rule edge_metrics:
         f"{BENCH}/graph/edge_metrics_{{split}}.tsv"
     shell:
         "tbkin edge-metrics --edges {input.edges:q} --parses {input.parses:q} --features {input.features:q}"
-        " --instances {params.instances:q} --gold {params.gold:q} --min-confidence {params.min_confidence:q}"
+        " --instances {input.instances:q} --gold {input.gold:q} --min-confidence {params.min_confidence:q}"
         " --output {output:q} > {log:q} 2>&1"
 
 

@@ -1,62 +1,40 @@
-# Pretraining (MLM, MRM, SKM, ITM) and its loss-curve figure.
-# Every config value the step reads goes through params, so changing one reruns it.
-# Interrupted runs resume from {PRETRAIN_DIR}/state/ when the rule is run again.
-import json
-
-PT = config["pretrain"]
-MODEL = config["model"]
+# Pretraining (MLM, MRM, SKM, ITM) and its loss-curve figure. With pretrain.checkpoint
+# set, no pretraining runs: fine-tuning starts from that folder (another run's
+# results/pretrain, e.g. the VQA v2 run's for RefCOCO).
+# Its settings reach the command whole (PRETRAIN_SETTINGS), so changing one reruns it.
+# Interrupted runs resume from {R}/pretrain/state/ when the rule is run again.
 
 
-rule pretrain:
-    input:
-        parses=PARSES.format(split="train"),
-        features=FEATURES.format(split="train"),
-        entries=ENTRIES.format(split="train"),
-    output:
-        model=PRETRAIN_CKPT,
-        config=f"{PRETRAIN_DIR}/config.json",
-        log=PRETRAIN_LOG,
-    params:
-        launcher=lambda wildcards, resources: training_launcher(resources.nproc),
-        out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        bert_path=MODEL["bert_path"] or "null",
-        num_layers=MODEL["num_layers"],
-        encoder_init=MODEL["encoder_init"],
-        sizes=["--hidden-size", MODEL["hidden_size"] or "null", "--num-attention-heads",
-               MODEL["num_attention_heads"] or "null", "--intermediate-size", MODEL["intermediate_size"] or "null"],
-        max_text_len=MODEL["max_text_len"],
-        prune_vocab=MODEL["prune_vocab"],
-        steps=PT["steps"],
-        batch_size=PT["batch_size"],
-        lr=PT["lr"],
-        warmup_steps=PT["warmup_steps"],
-        task_weights=json.dumps(PT["task_weights"], sort_keys=True),
-        itm_negative_ratio=PT["itm_negative_ratio"],
-        mask_prob=PT["mask_prob"],
-        log_every=PT["log_every"],
-        checkpoint_every=PT["checkpoint_every"],
-        seed=config["seed"],
-        precision=PRECISION,
-        proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
-    threads: 256  # all of --cores (Snakemake caps threads at the cores it is given)
-    resources:
-        nproc=PT["nproc"],  # processes per node; a profile may override it
-        mem_mb=6000,
-        runtime=60,
-    log:
-        f"{LOGS}/pretrain/pretrain.log",
-    benchmark:
-        f"{BENCH}/pretrain/pretrain.tsv"
-    conda: "../envs/tbkin.yaml"
-    shell:
-        "{params.launcher:q} pretrain --parses {input.parses:q} --features {input.features:q}"
-        " --entries {input.entries:q} --out-dir {params.out_dir:q} --bert-path {params.bert_path:q}"
-        " --num-layers {params.num_layers:q} --encoder-init {params.encoder_init:q} {params.sizes:q} --max-text-len {params.max_text_len:q} --prune-vocab {params.prune_vocab:q}"
-        " --steps {params.steps:q} --batch-size {params.batch_size:q} --lr {params.lr:q}"
-        " --warmup-steps {params.warmup_steps:q} --task-weights {params.task_weights:q}"
-        " --itm-negative-ratio {params.itm_negative_ratio:q} --mask-prob {params.mask_prob:q}"
-        " --log-every {params.log_every:q} --checkpoint-every {params.checkpoint_every:q} --seed {params.seed:q}"
-        " --threads {params.proc_threads:q} --precision {params.precision:q} > {log:q} 2>&1"
+if not PT["checkpoint"]:
+
+    rule pretrain:
+        input:
+            parses=PARSES.format(split="train"),
+            features=FEATURES.format(split="train"),
+            entries=ENTRIES.format(split="train"),
+        output:
+            model=PRETRAIN_CKPT,
+            config=f"{PRETRAIN_DIR}/config.json",
+            log=PRETRAIN_LOG,
+        params:
+            launcher=lambda wildcards, resources: training_launcher(resources.nproc),
+            out_dir=lambda wildcards, output: os.path.dirname(output.model),
+            settings=PRETRAIN_SETTINGS,
+            proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
+        threads: 256  # all of --cores (Snakemake caps threads at the cores it is given)
+        resources:
+            nproc=PT["nproc"],  # processes per node; a profile may override it
+            mem_mb=6000,
+            runtime=60,
+        log:
+            f"{LOGS}/pretrain/pretrain.log",
+        benchmark:
+            f"{BENCH}/pretrain/pretrain.tsv"
+        conda: "../envs/tbkin.yaml"
+        shell:
+            "{params.launcher:q} pretrain --parses {input.parses:q} --features {input.features:q}"
+            " --entries {input.entries:q} --out-dir {params.out_dir:q} --settings {params.settings:q}"
+            " --threads {params.proc_threads:q} > {log:q} 2>&1"
 
 
 rule plot_pretrain_losses:
@@ -82,6 +60,7 @@ rule probe_pretrain:
     input:
         model=PRETRAIN_CKPT,
         config=f"{PRETRAIN_DIR}/config.json",
+        val_checked=IMAGE_LIST.format(split="val"),
         parses=PARSES.format(split="val"),
         features=FEATURES.format(split="val"),
     output:

@@ -1,13 +1,13 @@
 # Text scene graphs: parse each distinct text once (sharded), join back to records,
 # score the parser against the generator's gold scene graphs (shapes only).
 
-GOLD_SCENE_GRAPHS = os.path.join(DATA["root"], "gold_scene_graphs.json")
 
 
-# The dataset files are declared through DATA_READY, which the data rules write last.
 rule parse_text_shard:
     input:
-        ready=DATA_READY,
+        unpack(text_record_inputs),
+        image_list=IMAGE_LIST,
+        refs_checked=lambda wildcards: [REFS_CHECKED] if HAS_REFS and wildcards.split == "train" else [],
     output:
         PARSE_SHARD,
     params:
@@ -15,6 +15,7 @@ rule parse_text_shard:
         num_shards=N_TEXT_SHARDS,
         model=config["text"]["spacy_model"],
         batch_size=config["text"]["batch_size"],
+        conventions=config["text"]["conventions"],
     wildcard_constraints:
         split="|".join(SPLITS),
         shard=r"\d+",
@@ -30,12 +31,12 @@ rule parse_text_shard:
         f"{BENCH}/text/parse_{{split}}_{{shard}}.tsv"
     shell:
         "tbkin parse-text {params.records:q} --shard {wildcards.shard:q} --num-shards {params.num_shards:q}"
-        " --spacy-model {params.model:q} --batch-size {params.batch_size:q} --output {output:q} > {log:q} 2>&1"
+        " --spacy-model {params.model:q} --batch-size {params.batch_size:q} --conventions {params.conventions:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule combine_parses:
     input:
-        ready=DATA_READY,
+        unpack(text_record_inputs),
         shards=expand(PARSE_SHARD, shard=shard_ids(N_TEXT_SHARDS), allow_missing=True),
     output:
         PARSES,
@@ -59,12 +60,11 @@ rule combine_parses:
 
 rule parser_metrics:
     input:
-        ready=DATA_READY,
+        gold=GOLD_SCENE_GRAPHS,
         parses=expand(PARSES, split=list(SPLITS)),
     output:
         report(PARSER_METRICS, caption="../workflow/report/parser_metrics.rst", category="2. Text scene graphs"),
     params:
-        gold=GOLD_SCENE_GRAPHS,
         model=config["text"]["spacy_model"],
     threads: 1
     conda:
@@ -77,5 +77,5 @@ rule parser_metrics:
     benchmark:
         f"{BENCH}/text/parser_metrics.tsv"
     shell:
-        "tbkin parser-metrics --gold {params.gold:q} --parses {input.parses:q} --spacy-model {params.model:q}"
+        "tbkin parser-metrics --gold {input.gold:q} --parses {input.parses:q} --spacy-model {params.model:q}"
         " --output {output:q} > {log:q} 2>&1"

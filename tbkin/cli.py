@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("tbkin.config", "validate config files (names the file and line of a YAML error)"),
     "generate-shapes": ("tbkin.data.shapes", "render the embedded `shapes` dataset in official formats"),
     "download": ("tbkin.data.download", "fetch, verify and extract a real-data archive"),
-    "check-data": ("tbkin.data.loaders", "validate a dataset's annotation files"),
+    "check-data": ("tbkin.data.check", "validate one split (or the refs) of a dataset and write its image list"),
     "train-detector": ("tbkin.features.train_detector", "train Faster R-CNN on the dataset's boxes"),
     "extract-features": ("tbkin.features.extract", "write top-m region features of one shard to HDF5"),
     "combine-features": ("tbkin.features.hdf5", "merge HDF5 feature shards into one file"),
@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-rec": ("tbkin.evaluate.rec", "REC accuracy per split"),
     "ablation": ("tbkin.evaluate.ablation", "threshold / local-window sweep over seeds"),
     "attention-maps": ("tbkin.evaluate.attention_maps", "Base vs TBKIN [CLS] attention over regions"),
+    "attention-removal": ("tbkin.evaluate.attention_removal",
+                          "per layer, the share of attention weights threshold T removes ([CLS]/text/regions blocks)"),
+    "clutter": ("tbkin.evaluate.clutter", "clutter experiment: TBKIN - Base (paired by seed) against clutter level"),
     "summary": ("tbkin.evaluate.summary", "the run's figures as one Markdown table (reads only)"),
 }
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -96,6 +98,33 @@ def validate(config: Mapping[str, Any], sources: Sequence[str | Path] = ("config
     return config
 
 
+def typed_overrides(overrides: Mapping[str, Any]) -> dict:
+    """Command-line ``--config`` values with every text leaf read as a YAML scalar.
+
+    Snakemake reads ``--config finetune="{threshold: 0.1}"`` with YAML's base loader,
+    which keeps every leaf as text ('0.1'); a config file would give the number.
+    """
+    def typed(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        if isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError:
+                return value
+            if isinstance(parsed, str):  # YAML 1.1 reads '1e-3' as text; a number was meant
+                try:
+                    return float(parsed)
+                except ValueError:
+                    return parsed
+            return parsed
+        return value
+
+    return {key: typed(value) for key, value in overrides.items()}
+
+
 def deep_merge(base: dict, override: Mapping[str, Any]) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -140,6 +169,36 @@ def load_config(*paths: str | Path) -> dict:
     for path in paths:
         merged = deep_merge(merged, read_config_file(path))
     return validate(merged, paths)
+
+
+# ---- a stage's settings, passed whole -------------------------------------------
+
+def settings_from_mapping(cls: type, values: Mapping[str, Any], what: str) -> Any:
+    """Settings dataclass ``cls`` from ``values`` (a config section passed whole to a command).
+
+    Unknown keys are an error naming them; missing ones take the dataclass defaults;
+    lists become tuples where the field's default is a tuple.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{what}: expected a mapping of settings, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{what}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for key, value in values.items():
+        default = fields[key].default
+        kwargs[key] = tuple(value) if isinstance(value, list) and isinstance(default, tuple) else value
+    return cls(**kwargs)
+
+
+def settings_from_json(cls: type, text: str, what: str) -> Any:
+    """:func:`settings_from_mapping` of a JSON object given on the command line."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what}: not a JSON object: {exc}") from None
+    return settings_from_mapping(cls, values, what)
 
 
 # ---- CLI: tbkin check-config -----------------------------------------------------

@@ -23,7 +23,13 @@ from tbkin.features.detector import (
     save_detector,
 )
 from tbkin.features.extract import extract_features, shard_slice
-from tbkin.features.hdf5 import RegionFeatureReader, RegionFeatureWriter, combine_shards, skipped_list_path
+from tbkin.features.hdf5 import (
+    FeatureFileError,
+    RegionFeatureReader,
+    RegionFeatureWriter,
+    combine_shards,
+    skipped_list_path,
+)
 from tbkin.features.images import load_rgb
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
@@ -237,6 +243,67 @@ def test_extraction_layout_dtypes_and_padding(tmp_path, fixture_set):
             assert (h5["features"][row, k:] == 0).all() and np.abs(h5["features"][row, :k]).sum() > 0
 
 
+def _small_feature_file(path: Path, image_ids, float16: bool = False) -> Path:
+    """Image k of ``image_ids`` has k % 4 regions (m = 3, D = 4), boxes shifted by k."""
+    rng = np.random.default_rng(1)
+    with RegionFeatureWriter(path, num_regions=3, feature_dim=4, label_names=["a", "b"], float16=float16) as w:
+        for k, image_id in enumerate(image_ids):
+            n = k % 4
+            boxes = np.tile(np.array([[1, 2, 10, 12]], np.float32), (n, 1)) + k
+            w.append(image_id, 32, 24, boxes, np.full(n, 0.5, np.float32), np.ones(n, np.int32),
+                     rng.normal(size=(n, 4)).astype(np.float32))
+    return path
+
+
+def test_reader_reads_chosen_datasets_of_many_images(tmp_path):
+    path = _small_feature_file(tmp_path / "f.h5", range(1, 400))
+    with RegionFeatureReader(path) as reader:
+        # rows close together are read in one slice, rows far apart by a point selection
+        for ids in ([5, 7, 5, 9999], [300, 1, 300]):
+            data, index = reader.get_many(np.asarray(ids), ("boxes", "num_boxes"))
+            assert set(data) == {"boxes", "num_boxes"}
+            assert len(data["boxes"]) == len({i for i in ids if i in reader})
+            for image_id, row in zip(ids, index):
+                if image_id not in reader:
+                    assert row == -1
+                    continue
+                np.testing.assert_array_equal(data["boxes"][row], reader.get(image_id).boxes)
+                assert data["num_boxes"][row] == reader.get(image_id).num_boxes
+        data, index = reader.get_many([9999], ("boxes", "labels", "num_boxes"))
+        assert list(index) == [-1]
+        assert data["boxes"].shape == (0, 3, 4) and data["labels"].shape == (0, 3) and data["num_boxes"].shape == (0,)
+
+
+def test_reader_cache_and_errors_naming_the_file_and_image(tmp_path):
+    import re
+
+    path = _small_feature_file(tmp_path / "f.h5", [1, 2])
+    cached, plain = RegionFeatureReader(path, cache=True), RegionFeatureReader(path)
+    assert cached.get(2) is cached.get(2) and plain.get(2) is not plain.get(2)
+    np.testing.assert_array_equal(cached.get(2).features, plain.get(2).features)
+    with pytest.raises(FeatureFileError, match=re.escape(f"{path}: no regions for image id 3")):
+        cached.get(3)
+    with pytest.raises(FeatureFileError, match=re.escape(f"cannot open region features {tmp_path / 'nope.h5'}")):
+        RegionFeatureReader(tmp_path / "nope.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as h5:
+        h5["image_id"] = np.arange(3)
+    with pytest.raises(FeatureFileError, match=re.escape(f"{tmp_path / 'other.h5'}: not a region-feature file")):
+        RegionFeatureReader(tmp_path / "other.h5")
+
+
+def test_region_tensors_of_a_float16_file_are_float32(tmp_path):
+    from tbkin.train.data import RegionTensors
+
+    with RegionFeatureReader(_small_feature_file(tmp_path / "f.h5", [1, 2, 3], float16=True)) as reader:
+        regions = reader.get(3)
+    tensors = RegionTensors.from_regions(regions)
+    assert regions.features.dtype == np.float16 and tensors.features.dtype == torch.float32
+    torch.testing.assert_close(tensors.features, torch.from_numpy(regions.features.astype(np.float32)))
+    torch.testing.assert_close(tensors.positions, torch.from_numpy(regions.position))
+    assert tensors.labels.dtype == torch.long and tensors.mask.tolist() == [True, True, False]
+    assert (tensors.num_boxes, tensors.width, tensors.height) == (2, 32, 24)
+
+
 def test_zero_detection_images_and_float16(tmp_path, fixture_set):
     instances, image_dir, detector = fixture_set
     records = load_detection_data(instances).images[:3]
@@ -244,7 +311,7 @@ def test_zero_detection_images_and_float16(tmp_path, fixture_set):
     extract_features(detector, records, image_dir, out, RegionSelection(4, min_score=1.0), batch_size=2, float16=True)
     with RegionFeatureReader(out) as reader:
         assert len(reader) == 3
-        regions = reader.get(records[0].image_id)
+        regions = reader.get(records[0].id)
         assert regions.num_boxes == 0 and regions.features.dtype == np.float16
         assert regions.features.shape == (4, detector.feature_dim)
         assert (regions.labels == -1).all() and (regions.scores == 0).all() and (regions.features == 0).all()
@@ -294,7 +361,7 @@ def test_bad_image_stops_or_is_listed(tmp_path, fixture_set):
     assert summary.skipped == 1
     assert skipped_list_path(out).read_text().split() == [records[1].file_name]
     with RegionFeatureReader(out) as reader:
-        assert list(reader.image_ids) == [records[0].image_id, records[2].image_id]
+        assert list(reader.image_ids) == [records[0].id, records[2].id]
         assert reader.skipped_images == [records[1].file_name]
 
 
@@ -332,7 +399,7 @@ def test_skipped_image_ids_are_recorded_and_survive_combining(tmp_path, fixture_
         extract_features(detector, part, broken_dir, shard, RegionSelection(4), batch_size=2, skip_bad_images=True)
     combine_shards(shards, tmp_path / "all.h5")
     with RegionFeatureReader(tmp_path / "all.h5") as reader:
-        assert reader.skipped_image_ids == {records[2].image_id}
+        assert reader.skipped_image_ids == {records[2].id}
         assert reader.skipped_images == [records[2].file_name]
     assert skipped_list_path(tmp_path / "all.h5").read_text().split() == [records[2].file_name]
     # a rerun that reads every image leaves no stale list of skipped images behind

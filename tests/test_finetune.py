@@ -26,7 +26,7 @@ def _tiny_pretrained(directory: Path, texts) -> Path:
     config = TbkinConfig(
         vocab_size=len(keep), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64, region_feature_dim=FEATURE_DIM,
-        num_region_labels=len(SHAPES), max_text_len=12, max_regions=NUM_REGIONS,
+        num_region_labels=len(SHAPES), max_text_len=12,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(0)
@@ -128,14 +128,21 @@ def test_finetune_vqa_learns_and_writes_official_predictions(fixture_data, tmp_p
     assert doc["threshold"] == 0.2 and doc["num_questions"] == len(predictions)
 
     # The saved model reloads with its attention setting and reproduces the predictions.
-    from tbkin.train.data import RegionStore, TextEncoder
+    from tbkin.features.hdf5 import RegionFeatureReader
+    from tbkin.train.data import TextEncoder
     from tbkin.train.finetune_vqa import VqaClassifier, load_questions, predict
 
     model, vocab = VqaClassifier.load(tmp_path / "model")
     assert model.backbone.config.attention_mode == "threshold"
-    store = RegionStore(d["root"] / "val.h5")
+    store = RegionFeatureReader(d["root"] / "val.h5")
     examples = load_questions(str(qv), None, TextEncoder(model.backbone.tokenizer, 12), store, None)
     assert predict(model, examples, store, vocab, 16, "cpu") == predictions
+    # fine-tuning keeps the questions as the loaders read them: one VqaQuestion class
+    from tbkin.data import loaders
+    from tbkin.train import finetune_vqa
+
+    assert finetune_vqa.VqaQuestion is loaders.VqaQuestion
+    assert all(isinstance(e.question, loaders.VqaQuestion) for e in examples)
 
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=NO_NATIVE_BF16)])
@@ -224,7 +231,7 @@ def test_readout_cls_and_regions_adds_the_mean_of_the_real_region_outputs():
     from tbkin.train.finetune_vqa import VqaClassifier
 
     config = TbkinConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, region_feature_dim=4, num_region_labels=3, max_text_len=6, max_regions=3)
+                         intermediate_size=32, region_feature_dim=4, num_region_labels=3, max_text_len=6)
     torch.manual_seed(0)
     model = VqaClassifier(TbkinModel(config), 5, "cls_and_regions").eval()
     region_mask = torch.tensor([[True, True, False], [True, False, False]])
@@ -240,27 +247,58 @@ def test_readout_cls_and_regions_adds_the_mean_of_the_real_region_outputs():
 def test_finetune_vqa_readout_is_saved_and_restored(fixture_data, tmp_path, monkeypatch):
     pred_path = _finetune_vqa(fixture_data, tmp_path, "--readout", "cls_and_regions", "--epochs", "1")
     assert json.loads((tmp_path / "model" / "run.json").read_text())["readout"] == "cls_and_regions"
-    from tbkin.train.data import RegionStore, TextEncoder
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["vqa_readout"] == "cls_and_regions"
+    from tbkin.features.hdf5 import RegionFeatureReader
+    from tbkin.train.data import TextEncoder
     from tbkin.train.finetune_vqa import VqaClassifier, load_questions, predict
 
     model, vocab = VqaClassifier.load(tmp_path / "model")
     assert model.readout == "cls_and_regions"
-    store = RegionStore(fixture_data["root"] / "val.h5")
+    store = RegionFeatureReader(fixture_data["root"] / "val.h5")
     examples = load_questions(str(fixture_data["files"]["val"][0]), None, TextEncoder(model.backbone.tokenizer, 12), store, None)
     assert predict(model, examples, store, vocab, 16, "cpu") == json.loads(pred_path.read_text())
 
     # The attention-map figure labels each panel with the answer of the model's own readout.
     from tbkin.evaluate.attention_maps import cls_region_attention
-    from tbkin.train.data import collate
+    from tbkin.train.data import RegionTensors, collate
 
     encoder = TextEncoder(model.backbone.tokenizer, 12)
     example = fixture_data["val"][0]["image_id"], "is there a red shape?"
     with torch.no_grad():
-        inputs = collate([encoder.encode(example[1])], [store.get(example[0])])
+        inputs = collate([encoder.encode(example[1])], [RegionTensors.from_regions(store.get(example[0]))])
         cls_only = int(model.head(model.backbone(inputs).cls).argmax())
     readout_choice = (cls_only + 1) % len(vocab)
     monkeypatch.setattr(model, "classify", lambda out, mask: torch.eye(len(vocab))[[readout_choice]])
     assert cls_region_attention(model, vocab, encoder, store, example[1], example[0]).answer == vocab.answers[readout_choice]
+
+
+def test_cls_and_regions_classifier_round_trips_through_its_model_config_alone(tmp_path):
+    from tbkin.model.modeling_tbkin import TbkinConfig, TbkinInputs, TbkinModel
+    from tbkin.train.answers import AnswerVocab
+    from tbkin.train.finetune_common import save_finetuned
+    from tbkin.train.finetune_vqa import VqaClassifier
+
+    config = TbkinConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, region_feature_dim=4, num_region_labels=3, max_text_len=6)
+    torch.manual_seed(0)
+    model = VqaClassifier(TbkinModel(config), 3, "cls_and_regions").eval()
+    save_finetuned(tmp_path, model.backbone, model.head, {"task": "vqa"})
+    AnswerVocab(["yes", "no", "blue"]).save(tmp_path / "answers.json")
+    (tmp_path / "run.json").unlink()   # the model config alone says which readout to rebuild
+    assert json.loads((tmp_path / "config.json").read_text())["vqa_readout"] == "cls_and_regions"
+    loaded, vocab = VqaClassifier.load(tmp_path)
+    assert loaded.readout == "cls_and_regions" and vocab.answers == ["yes", "no", "blue"]
+    inputs = TbkinInputs(torch.tensor([[2, 7, 3], [2, 8, 3]]), torch.ones(2, 3, dtype=torch.bool),
+                         torch.randn(2, 3, 4), torch.rand(2, 3, 5), torch.tensor([[True, True, False], [True, False, False]]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs), model(inputs))
+
+    # a model saved before config.json carried the readout: run.json still says it
+    written = json.loads((tmp_path / "config.json").read_text())
+    del written["vqa_readout"]
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    (tmp_path / "run.json").write_text(json.dumps({"readout": "cls_and_regions"}))
+    assert VqaClassifier.load(tmp_path)[0].readout == "cls_and_regions"
 
 
 def test_finetune_vqa_local_window_runs(fixture_data, tmp_path):
@@ -392,10 +430,11 @@ def test_attention_maps_base_beside_tbkin(fixture_data, tmp_path):
 
     # The loaded TBKIN model really thresholds: a kept weight is >= T, or its row's maximum.
     from tbkin.evaluate.attention_maps import cls_region_attention
-    from tbkin.train.data import RegionStore, TextEncoder
+    from tbkin.features.hdf5 import RegionFeatureReader
+    from tbkin.train.data import TextEncoder
     from tbkin.train.finetune_vqa import VqaClassifier
 
-    store = RegionStore(d["root"] / "val.h5")
+    store = RegionFeatureReader(d["root"] / "val.h5")
     for directory, sparse in ((tmp_path / "base" / "model", False), (tmp_path / "tbkin" / "model", True)):
         model, vocab = VqaClassifier.load(directory)
         att = cls_region_attention(model, vocab, TextEncoder(model.backbone.tokenizer, 12), store,

@@ -191,8 +191,9 @@ def test_no_entries_for_empty_text_no_objects_or_no_regions(built):
     for pair in (1, 2, 3, 6, 7):
         assert not (n.pair_id == pair).any()
     assert not ((e.pair_id == 3) & (e.kind != "text_intra")).any()  # no regions: text edges only
-    assert not (e.pair_id == 4).any()  # refs are not image-text pairs
-    assert built["summary"]["pairs"] == 7 and built["summary"]["pairs_without_regions"] == 1
+    # questions (pairs 1, 2) and refs (4) are fine-tuning data: pretraining reads captions only
+    assert not e.pair_id.isin([1, 2, 4]).any()
+    assert built["summary"]["pairs"] == 5 and built["summary"]["pairs_without_regions"] == 1
 
 
 def test_batching_does_not_change_output(built, tmp_path):

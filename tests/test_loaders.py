@@ -10,9 +10,10 @@ import pytest
 
 from tbkin.cli import main as tbkin_main
 from tbkin.data.loaders import (
-    DataLayout, check_dataset, load_coco_captions, load_coco_instances, load_refcoco, load_vqa,
+    DataLayout, load_coco_captions, load_coco_instances, load_refcoco, load_vqa,
     safe_load_pickle,
 )
+from tbkin.data.check import check_dataset, check_part, coco_file_name, read_image_list
 from tbkin.data.shapes import ShapesSpec, generate
 from tbkin.errors import DataFormatError, UnsafePickleError
 
@@ -154,14 +155,16 @@ def test_plain_pickles_load_and_garbage_is_a_format_error(tmp_path):
         safe_load_pickle(garbage)
 
 
-def test_check_data_cli_writes_marker_and_reports_errors_in_one_line(layout, capsys):
-    out = layout.root / "READY.json"
+def test_check_data_cli_writes_marker_and_reports_errors_in_one_line(layout, capsys, tmp_path):
+    out = tmp_path / "results" / "val" / "image_list.json"
     args = ["check-data", "--root", str(layout.root), "--split", "train=train", "--split", "val=val",
-            "--dataset", "shapes", "--out", str(out)]
+            "--dataset", "shapes", "--part", "val", "--out", str(out)]
     assert tbkin_main(args) == 0
     marker = json.loads(out.read_text())
-    assert marker["counts"]["train"]["images"] == SPEC.train_images and marker["dataset"] == "shapes"
-    assert marker == {"dataset": "shapes", **check_dataset(layout)}
+    assert marker["counts"]["images"] == SPEC.val_images and marker["dataset"] == "shapes"
+    assert marker["image_source"] == "instances"
+    assert marker == {"dataset": "shapes", **check_part(layout, "val", ["instances", "captions", "vqa", "refs"])}
+    assert [im.id for im in read_image_list(out)] == sorted(im["id"] for im in marker["images"])
     out.unlink()
     _edit_json(layout.file("captions", "val"), lambda d: d["annotations"][0].pop("caption"))
     assert tbkin_main(args) == 2
@@ -173,7 +176,7 @@ def test_check_data_cli_writes_marker_and_reports_errors_in_one_line(layout, cap
 def test_check_data_validates_only_the_listed_contents(layout):
     shutil.rmtree(layout.root / "vqa")
     summary = check_dataset(layout, ["instances", "captions", "refs"])
-    assert "questions" not in summary["counts"]["train"]
+    assert "questions" not in summary["train"]
     with pytest.raises(DataFormatError, match="file not found"):
         check_dataset(layout)
 
@@ -189,8 +192,39 @@ def test_malformed_answer_names_its_position(layout):
 def test_empty_question_fails_check_data_naming_file_and_record(layout, capsys, text):
     path = layout.file("vqa_questions", "val")
     _edit_json(path, lambda d: d["questions"][2].update(question=text))
-    out = layout.root / "READY.json"
-    assert tbkin_main(["check-data", "--root", str(layout.root), "--out", str(out)]) == 2
+    out = layout.root.parent / "READY.json"
+    assert tbkin_main(["check-data", "--root", str(layout.root), "--part", "val", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert path.name in err and "questions[2]" in err and "question text is empty" in err, err
     assert not out.exists()
+
+
+def _without(layout: DataLayout, *keys: str) -> None:
+    for key in keys:
+        for split in layout.splits:
+            layout.file(key, split).unlink()
+
+
+def test_image_list_falls_back_to_captions_then_to_questions(layout):
+    """A VQA dataset without COCO instances files: the image list comes from what there is."""
+    _without(layout, "instances")
+    marker = check_part(layout, "val", ["captions", "vqa"])
+    assert marker["image_source"] == "captions" and marker["counts"]["images"] == SPEC.val_images
+    # questions only: files named the COCO way, sizes read from the images
+    _without(layout, "captions")
+    image_dir = layout.file("images", "val")
+    for path in image_dir.iterdir():
+        image_id = int(path.stem.rsplit("_", 1)[1])
+        path.rename(image_dir / coco_file_name("val", image_id))
+    questions = json.loads(layout.file("vqa_questions", "val").read_text())
+    assert questions["data_subtype"] == "val"
+    marker = check_part(layout, "val", ["vqa"])
+    assert marker["image_source"] == "vqa_questions" and marker["counts"]["images"] == SPEC.val_images
+    assert all(im["width"] == SPEC.image_size for im in marker["images"])
+
+
+def test_split_without_an_image_list_is_an_error_naming_the_cause(layout):
+    with pytest.raises(DataFormatError, match="split 'val' has no image list.*refs cover train only"):
+        check_part(layout, "val", ["refs"])
+    # the refs' train images are the train split's image list of a RefCOCO-only config
+    assert check_part(layout, "train", ["refs"])["image_source"] == "refs_instances"

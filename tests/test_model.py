@@ -1,9 +1,11 @@
 """TBKIN model: embeddings' shapes, BERT initialisation, attention switching, save/load."""
+import json
+
 import pytest
 import torch
 from transformers import BertModel
 
-from tbkin.model.modeling_tbkin import CheckpointError, TbkinConfig, TbkinInputs, TbkinModel
+from tbkin.model.modeling_tbkin import CheckpointError, TbkinConfig, TbkinInputs, TbkinModel, load_model_config
 from tbkin.model.tokenization import load_tokenizer, prune_tokenizer
 
 from model_fixtures import write_tiny_bert
@@ -16,7 +18,7 @@ def bert_dir(tmp_path_factory):
 
 def tiny_config(**kw):
     values = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                  region_feature_dim=6, num_region_labels=3, max_text_len=8, max_regions=4)
+                  region_feature_dim=6, num_region_labels=3, max_text_len=8)
     values.update(kw)
     return TbkinConfig(**values)
 
@@ -180,6 +182,20 @@ def test_save_and_load_round_trip(tmp_path, bert_dir):
         TbkinModel.from_pretrained(tmp_path / "missing")
 
 
+def test_a_config_json_with_the_old_max_regions_field_still_loads(tmp_path):
+    model = TbkinModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    written = json.loads(path.read_text())
+    assert "max_regions" not in written   # no longer a config field: nothing read it
+    path.write_text(json.dumps({**written, "max_regions": 36}))   # as older versions wrote it
+    assert "max_regions" not in load_model_config(path).to_dict()
+    loaded = TbkinModel.from_pretrained(tmp_path).eval()
+    assert not hasattr(loaded.config, "max_regions")
+    inputs = tiny_inputs()
+    assert torch.equal(loaded(inputs).sequence, model(inputs).sequence)
+
+
 def test_collate_drops_region_slots_that_are_padding_in_every_row():
     from tbkin.train.data import RegionTensors, collate
 
@@ -200,5 +216,5 @@ def test_collate_drops_region_slots_that_are_padding_in_every_row():
 
     full = TbkinInputs(trimmed.input_ids, trimmed.text_mask, torch.stack([r.features for r in images]),
                        torch.stack([r.positions for r in images]), torch.stack([r.mask for r in images]))
-    model = TbkinModel(tiny_config(max_regions=6)).eval()
+    model = TbkinModel(tiny_config()).eval()
     torch.testing.assert_close(model(trimmed).sequence, model(full).sequence[:, :trimmed.input_ids.shape[1] + 4])

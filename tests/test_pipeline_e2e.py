@@ -1,49 +1,60 @@
-"""The whole DAG on config/test.yaml, through Snakemake, into a temporary folder."""
+"""The whole DAG on config/test.yaml on this machine, then what an edit to a data file reruns.
+
+(tests/test_slurm.py runs the same targets through the SLURM profile and checks the
+jobs; this test checks the outputs and the DAG's view of the data files.)
+"""
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
+import re
+import time
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from workflow_helpers import snakemake, tail, write_override
+
+TARGETS = ("vqa_eval.json", "rec_eval.json")
 
 
-def run_snakemake(tmp_path: Path, *targets: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    override = tmp_path / "override.yaml"
-    results = tmp_path / "results"
-    test_cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    data = dict(test_cfg.get("data", {}))
-    data["root"] = str(results / "data" / "shapes")
-    override.write_text(yaml.safe_dump({"results": str(results), "data": data}))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [
-        sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(REPO), *[str(results / t) for t in targets], *extra,
-        "--configfile", "config/test.yaml", str(override),
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def planned_rules(proc) -> set[str]:
+    return set(re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, re.MULTILINE))
+
+
+def touch(path) -> None:
+    later = time.time() + 5
+    os.utime(path, (later, later))
 
 
 @pytest.mark.slow
-def test_whole_dag_on_test_config(tmp_path):
-    proc = run_snakemake(tmp_path, "vqa_eval.json", "rec_eval.json")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = tmp_path / "results"
+def test_whole_dag_then_data_edits_rerun_only_what_reads_them(tmp_path):
+    override, results = write_override(tmp_path)
+    targets = [str(results / t) for t in TARGETS]
+    proc = snakemake("--cores", "2", *targets, configfiles=(override,), timeout=900)
+    assert proc.returncode == 0, tail(proc)
+
+    # every val question has exactly one answer, and the score is computed over all of them
+    data = results / "data" / "shapes"
+    questions = json.loads((data / "vqa" / "v2_OpenEnded_mscoco_val_questions.json").read_text())["questions"]
     vqa = json.loads((results / "vqa_eval.json").read_text())
-    assert 0.0 <= vqa["accuracy"]["overall"] <= 100.0
-    assert vqa["num_questions"] > 0
-    predictions = json.loads(Path(vqa["predictions"]).read_text())
-    assert len(predictions) == vqa["num_questions"]
+    predictions = json.loads((results / "vqa_predictions.json").read_text())
+    assert sorted(p["question_id"] for p in predictions) == sorted(q["question_id"] for q in questions)
+    assert vqa["num_questions"] == len(questions)
     assert set(predictions[0]) == {"question_id", "answer"}
     rec = json.loads((results / "rec_eval.json").read_text())
-    assert "val" in rec["accuracy"]
-    # nothing half-written anywhere
-    assert not list(results.rglob("*.partial"))
-    # a second run has nothing to do
-    again = run_snakemake(tmp_path, "vqa_eval.json", "rec_eval.json", extra=("-n",))
-    assert again.returncode == 0
-    assert "Nothing to be done" in again.stdout + again.stderr
+    assert set(rec["accuracy"]) == {"val", "testA", "testB"}, rec
+    assert not list(results.rglob("*.partial")), "half-written files left behind"
+
+    again = snakemake("-n", *targets, configfiles=(override,))
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, tail(again)
+
+    # editing the val questions re-checks val and re-runs what reads them, never pretraining
+    touch(data / "vqa" / "v2_OpenEnded_mscoco_val_questions.json")
+    val_edit = snakemake("-n", *targets, configfiles=(override,))
+    assert val_edit.returncode == 0, tail(val_edit)
+    planned = planned_rules(val_edit)
+    assert {"check_data", "eval_vqa"} <= planned and "pretrain" not in planned, (planned, tail(val_edit))
+
+    # editing the train questions re-runs VQA fine-tuning
+    touch(data / "vqa" / "v2_OpenEnded_mscoco_train_questions.json")
+    train_edit = snakemake("-n", *targets, configfiles=(override,))
+    assert train_edit.returncode == 0, tail(train_edit)
+    assert "finetune_vqa" in planned_rules(train_edit), tail(train_edit)

@@ -86,7 +86,7 @@ def test_itm_negatives_use_another_image_at_the_configured_ratio(corpus):
     batch = batches.batch(0)
     records = [batches.records[i] for i in batches.indices(0, 0)]
     for b, record in enumerate(records):
-        own = batches.store.get(record.image_id).features
+        own = torch.from_numpy(batches.store.get(record.image_id).features)
         same = torch.equal(batch.region_targets[b], own)
         assert same == bool(batch.itm_labels[b])
 
@@ -140,6 +140,7 @@ def test_run_writes_checkpoint_log_and_is_deterministic(corpus, tmp_path):
     assert first == {**second, "samples_per_s": first["samples_per_s"], "data_share": first["data_share"]}
     for name in ("model.safetensors", "config.json", "tokenizer.json", "log.jsonl"):
         assert (tmp_path / "a" / name).is_file()
+    assert "max_regions" not in json.loads((tmp_path / "a" / "config.json").read_text())
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     records = read_jsonl(tmp_path / "a" / "log.jsonl")

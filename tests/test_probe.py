@@ -14,6 +14,7 @@ from tbkin.evaluate.probe import (
     summarize,
     word_group,
 )
+from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.model.modeling_tbkin import (
     PRETRAINING_HEADS_NAME,
     CheckpointError,
@@ -26,7 +27,7 @@ from tbkin.model.modeling_tbkin import (
 )
 from tbkin.model.tokenization import load_tokenizer
 from tbkin.precision import resolve_precision
-from tbkin.train.data import RegionStore, TextEncoder
+from tbkin.train.data import TextEncoder
 
 from model_fixtures import COLORS, SHAPES, write_corpus, write_tiny_bert
 
@@ -48,8 +49,7 @@ class PredictsInOrder:
 def tiny_model(vocab_size=40):
     torch.manual_seed(0)
     config = TbkinConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, region_feature_dim=8, num_region_labels=3, max_text_len=8,
-                         max_regions=3)
+                         intermediate_size=32, region_feature_dim=8, num_region_labels=3, max_text_len=8)
     return TbkinModel(config).eval()
 
 
@@ -135,11 +135,11 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     corpus = write_corpus(root / "data", num_images=6)
     tokenizer = load_tokenizer(write_tiny_bert(root / "bert"))
-    store = RegionStore(corpus["features"])
+    store = RegionFeatureReader(corpus["features"])
     torch.manual_seed(0)
     model = TbkinModel.from_bert(root / "bert", 1, tokenizer=tokenizer, encoder_init="random",
                                  region_feature_dim=store.feature_dim, num_region_labels=len(store.label_names),
-                                 max_text_len=16, max_regions=store.num_regions)
+                                 max_text_len=16)
     directory = root / "pretrain"
     model.save_pretrained(directory, tokenizer=tokenizer)
     save_pretraining_heads(directory, TbkinPretrainingHeads(model.config))
@@ -203,7 +203,7 @@ def test_batching_does_not_change_the_hits(checkpoint):
     with torch.no_grad():
         heads.mlm_bias.fill_(-1e4)
         heads.mlm_bias[model.tokenizer.convert_tokens_to_ids(words)] = 0.0
-    store = RegionStore(checkpoint["features"])
+    store = RegionFeatureReader(checkpoint["features"], cache=True)
     captions, _ = read_probe_captions(checkpoint["parses"], TextEncoder(model.tokenizer, model.config.max_text_len))
     mask_id = model.tokenizer.mask_token_id
     together = probe(model, heads, captions, store, mask_id, seed=0, batch_size=64, precision="fp32")

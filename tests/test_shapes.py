@@ -122,8 +122,12 @@ def test_refs_pick_train_images_and_follow_the_split_rule(dataset):
     assert [images_per_split[s] for s in ("val", "testA", "testB")] == [share] * 3, images_per_split
 
 
-def test_dataset_ready_marker_is_written_last_with_counts(dataset):
-    marker = json.loads((dataset.root / "DATASET_READY.json").read_text())
+def test_marker_is_written_last_with_counts_where_it_is_asked(tmp_path):
+    layout = _layout(tmp_path / "data")
+    marker_path = tmp_path / "results" / "generated.json"
+    generate(SPEC, layout, marker_path, progress=False)
+    assert not (layout.root / "DATASET_READY.json").exists()  # nothing written into the dataset folder
+    marker = json.loads(marker_path.read_text())
     assert marker["dataset"] == "shapes"
     assert marker["counts"]["train"]["images"] == SPEC.train_images
     assert marker["counts"]["val"]["questions"] == SPEC.val_images * SPEC.questions_per_image

@@ -54,7 +54,7 @@ def tiny_pretrained(directory: Path) -> Path:
     config = TbkinConfig(
         vocab_size=len(keep), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
         max_position_embeddings=32, region_feature_dim=FEATURE_DIM, num_region_labels=len(LABELS),
-        max_text_len=8, max_regions=NUM_REGIONS,
+        max_text_len=8,
     )
     torch.manual_seed(0)
     TbkinModel(config, tokenizer=tokenizer).save_pretrained(directory)
@@ -97,7 +97,8 @@ def test_vqa_questions_of_skipped_images_are_left_out_and_counted(data, tmp_path
 def test_refs_of_skipped_images_are_left_out_and_counted(data, tmp_path):
     from tbkin.data.loaders import load_refcoco
     from tbkin.evaluate.rec import split_accuracy
-    from tbkin.train.data import RegionStore, TextEncoder
+    from tbkin.features.hdf5 import RegionFeatureReader
+    from tbkin.train.data import TextEncoder
     from tbkin.train.finetune_rec import load_examples
     from tbkin.model.modeling_tbkin import TbkinModel
 
@@ -115,7 +116,7 @@ def test_refs_of_skipped_images_are_left_out_and_counted(data, tmp_path):
     ref_data = load_refcoco(tmp_path / "refs.p", tmp_path / "instances.json")
     tokenizer = TbkinModel.from_pretrained(data["pretrained"]).tokenizer
     left_out: list[int] = []
-    examples = load_examples(ref_data.refs, TextEncoder(tokenizer, 8), RegionStore(data["root"] / "train.h5"), left_out)
+    examples = load_examples(ref_data.refs, TextEncoder(tokenizer, 8), RegionFeatureReader(data["root"] / "train.h5"), left_out)
     assert left_out == [500 + SKIPPED_TRAIN]
     assert len(examples) == len(data["train_ids"]) - 1 and SKIPPED_TRAIN not in {e.ref.image_id for e in examples}
     # scoring leaves the same expressions out instead of asking for their predictions
@@ -128,7 +129,8 @@ def test_pretraining_captions_of_skipped_images_are_left_out(data, tmp_path):
     import pyarrow.parquet as pq
 
     from tbkin.model.modeling_tbkin import TbkinModel
-    from tbkin.train.data import RegionStore, TextEncoder
+    from tbkin.features.hdf5 import RegionFeatureReader
+    from tbkin.train.data import TextEncoder
     from tbkin.train.pretrain import read_caption_records
 
     rows = [{"source": "caption", "image_id": image_id, "text": "the circle", "tokens": ["the", "circle"],
@@ -136,7 +138,7 @@ def test_pretraining_captions_of_skipped_images_are_left_out(data, tmp_path):
     parses = tmp_path / "parses.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parses)
     tokenizer = TbkinModel.from_pretrained(data["pretrained"]).tokenizer
-    records = read_caption_records(parses, None, TextEncoder(tokenizer, 8), RegionStore(data["root"] / "train.h5"))
+    records = read_caption_records(parses, None, TextEncoder(tokenizer, 8), RegionFeatureReader(data["root"] / "train.h5"))
     assert [r.image_id for r in records] == [i for i in data["train_ids"] if i != SKIPPED_TRAIN]
     # pair ids stay the parses' row indices, as the knowledge entries name them
     assert [r.pair_id for r in records] == [k for k, i in enumerate(data["train_ids"]) if i != SKIPPED_TRAIN]

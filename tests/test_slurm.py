@@ -166,7 +166,8 @@ def test_pipeline_runs_through_slurm_profile(cluster, tmp_path):
     assert proc.returncode == 0, "\n".join([tail(proc), *map(str, jobs), job_logs(tmp_path), cluster.logs()])
 
     vqa = json.loads((results / "vqa_eval.json").read_text())
-    assert 0.0 <= vqa["accuracy"]["overall"] <= 100.0, vqa
+    predictions = json.loads((results / "vqa_predictions.json").read_text())
+    assert vqa["num_questions"] == len(predictions) > 0, vqa
     rec = json.loads((results / "rec_eval.json").read_text())
     assert "val" in rec["accuracy"], rec
     assert not list(results.rglob("*.partial")), "half-written files left behind"

@@ -14,7 +14,7 @@ TRAINING_RULES = ("pretrain", "finetune_vqa", "finetune_vqa_base", "finetune_rec
                   "ablation_finetune_vqa", "ablation_finetune_rec")
 # A rule without one of these only collects targets: no job of its own.
 ACTIONS = {"shell", "run", "script", "wrapper", "notebook", "cwl"}
-RULE_HEADER = re.compile(r"^([ \t]*)(?:rule|checkpoint) (\w+):", re.MULTILINE)
+RULE_HEADER = re.compile(r"^([ \t]*)(?:(?:rule|checkpoint) (\w+)|use rule (\w+) as (\w+) with):", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,12 @@ def rules() -> list[str]:
 
 
 def parse_rules(text: str) -> dict[str, dict[str, str]]:
-    """Rule name -> {directive (input, threads, log, ...): its source text}."""
+    """Rule name -> {directive (input, threads, log, ...): its source text}.
+
+    A `use rule A as B with:` rule has A's directives, replaced by those of its block."""
     rules = {}
     for match in RULE_HEADER.finditer(text):
+        name = match.group(2) or match.group(4)
         indent = match.group(1)
         directives = {}
         current = None
@@ -39,7 +42,7 @@ def parse_rules(text: str) -> dict[str, dict[str, str]]:
                 directives[current] = directive.group(2)
             elif current is not None:
                 directives[current] += "\n" + line
-        rules[match.group(2)] = directives
+        rules[name] = {**rules.get(match.group(3), {}), **directives} if match.group(3) else directives
     return rules
 
 
@@ -65,7 +68,9 @@ def test_dry_run_builds_the_full_dag_for_vqa_eval(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     n_features, n_text = cfg["features"]["shards"], cfg["text"]["shards"]
     expected = [
-        results / "data" / "shapes" / "DATASET_READY.json",
+        results / "data" / "generate_shapes.json",
+        results / "data" / "train" / "image_list.json",
+        results / "data" / "val" / "image_list.json",
         results / "detector" / "detector.safetensors",
         *(results / "features" / split / f"shard-{i}-of-{n_features}.h5" for split in ("train", "val")
           for i in range(n_features)),
@@ -103,10 +108,12 @@ def test_rule_parser_sees_nested_rules_and_their_directives():
     """The check above must be able to fail: missing directives are seen as missing."""
     text = ("rule a:\n    output: 'x'\n    threads: 1\n\n    log: 'l'\n    shell: (\n        'x'\n    )\n"
             "if cond:\n\n    rule b:\n        benchmark: 'b'\n        params:\n            log='y',\nrule c:\n"
-            "    input: 'x'\n")
+            "    input: 'x'\nuse rule a as d with:\n    log: 'm'\n    params: p=1\n")
     rules = parse_rules(text)
     assert {name: set(directives) for name, directives in rules.items()} == {
-        "a": {"output", "threads", "log", "shell"}, "b": {"benchmark", "params"}, "c": {"input"}}
+        "a": {"output", "threads", "log", "shell"}, "b": {"benchmark", "params"}, "c": {"input"},
+        "d": {"output", "threads", "log", "shell", "params"}}
+    assert rules["d"]["log"] == " 'm'"
     assert rules["b"]["params"] == "\n            log='y',"
 
 

@@ -26,7 +26,7 @@ def test_bad_key_stops_snakemake_naming_key_and_file(tmp_path):
 
 def test_shapes_dataset_is_generated_by_its_rule(tmp_path):
     override, results = write_override(tmp_path)
-    ready = results / "data" / "shapes" / "DATASET_READY.json"
+    ready = results / "data" / "generate_shapes.json"
     proc = snakemake("--cores", "1", str(ready), configfiles=(override,))
     assert proc.returncode == 0, tail(proc)
     marker = json.loads(ready.read_text())
@@ -42,7 +42,7 @@ def test_shapes_dataset_is_generated_by_its_rule(tmp_path):
 def test_real_dataset_plans_one_download_per_archive_then_check_data(tmp_path):
     override, results = write_override(tmp_path, data={"root": str(tmp_path / "vqa2"),
                                                        "download_dir": str(tmp_path / "dl")})
-    ready = tmp_path / "vqa2" / "DATASET_READY.json"
+    ready = results / "data" / "train" / "image_list.json"
     proc = snakemake("-n", "--nolock", "--cores", "1", str(ready),
                      configfiles=(REPO / "config" / "vqa2.yaml", override))
     assert proc.returncode == 0, tail(proc)

@@ -51,7 +51,7 @@ def test_download_commands_keep_a_hostile_data_path_in_one_word(tmp_path):
     results = hostile_results(tmp_path)
     override, _ = write_override(tmp_path, results=str(results),
                                  data={"root": str(results / "vqa2"), "download_dir": str(results / "dl")})
-    ready = results / "vqa2" / "DATASET_READY.json"
+    ready = results / "data" / "train" / "image_list.json"
     proc = snakemake("-n", "-p", "--nolock", str(ready),
                      configfiles=(REPO / "config" / "vqa2.yaml", override))
     assert proc.returncode == 0, tail(proc)
@@ -67,7 +67,7 @@ def test_dataset_rule_runs_with_a_hostile_results_path_and_writes_only_inside_it
                                  data={"root": str(results / "data" / "shapes")})
     marker = tmp_path / "INJECTED"
     repo_before = set(os.listdir(REPO))
-    ready = results / "data" / "shapes" / "DATASET_READY.json"
+    ready = results / "data" / "generate_shapes.json"
     proc = snakemake("--cores", "1", "--nolock", str(ready), configfiles=(override,),
                      env={**os.environ, "INJECT_MARK": str(marker)})
     assert proc.returncode == 0, tail(proc)

@@ -6,13 +6,11 @@ and raises :class:`tbkin.errors.DataFormatError` naming the file and the record 
 fault. Pickles are read by :func:`safe_load_pickle`, which refuses every global, so
 a pickle carrying code is rejected before anything runs.
 
-``tbkin check-data`` validates a whole dataset with these loaders and writes
-``DATASET_READY.json`` (the marker the workflow waits for).
+``tbkin check-data`` (:mod:`tbkin.data.check`) validates a dataset with these loaders.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -22,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from tbkin.atomic import write_json
 from tbkin.errors import DataFormatError, UnsafePickleError
 
 log = logging.getLogger(__name__)
@@ -449,7 +446,8 @@ class DataLayout:
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> "DataLayout":
         keys = ("images", "instances", "captions", "vqa_questions", "vqa_annotations", "refs", "refs_instances")
-        return cls(root=Path(data["root"]), splits=dict(data["splits"]), **{k: data[k] for k in keys if k in data})
+        splits = {logical: name for logical, name in data["splits"].items() if name}  # null: no such split
+        return cls(root=Path(data["root"]), splits=splits, **{k: data[k] for k in keys if k in data})
 
     def file(self, key: str, split: str | None = None) -> Path:
         pattern = getattr(self, key)
@@ -458,54 +456,7 @@ class DataLayout:
         return self.root / pattern
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_dataset(layout: DataLayout, contents: Sequence[str] = CONTENTS) -> dict:
-    """Load every file of the dataset (raising on the first problem); return a summary."""
-    unknown = sorted(set(contents) - set(CONTENTS))
-    if unknown:
-        raise DataFormatError(f"unknown dataset contents {unknown}; known: {', '.join(CONTENTS)}")
-    counts: dict[str, dict[str, int]] = {}
-    files: list[Path] = []
-    for split in layout.splits:
-        c: dict[str, int] = {}
-        image_dir = layout.file("images", split)
-        image_ids: Optional[set[int]] = None
-        if "instances" in contents:
-            inst = load_coco_instances(layout.file("instances", split), image_dir)
-            files.append(inst.path)
-            image_ids = set(inst.images)
-            c.update(images=len(inst.images), objects=len(inst.annotations))
-        if "captions" in contents:
-            caps = load_coco_captions(layout.file("captions", split), image_dir)
-            files.append(caps.path)
-            c["captions"] = len(caps.captions)
-            image_ids = image_ids if image_ids is not None else set(caps.images)
-        if "vqa" in contents:
-            vqa = load_vqa(layout.file("vqa_questions", split), layout.file("vqa_annotations", split),
-                           known_image_ids=image_ids)
-            files += [vqa.questions_path, vqa.annotations_path]
-            c["questions"] = len(vqa.questions)
-        counts[split] = c
-    if "refs" in contents:
-        ref_data = load_refcoco(layout.file("refs"), layout.file("refs_instances"), layout.file("images", "train"))
-        files += [ref_data.refs_path, ref_data.instances.path]
-        counts["refs"] = {split: len(refs) for split, refs in sorted(ref_data.by_split().items())}
-    return {
-        "contents": list(contents),
-        "counts": counts,
-        "files": {str(p.relative_to(layout.root)) if p.is_relative_to(layout.root) else str(p): _sha256(p)
-                  for p in files},
-    }
-
-
-# ---- CLI: tbkin check-data -----------------------------------------------------------
+# ---- layout options (shared by generate-shapes and check-data) ----------------------
 
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
     """--root, --split and one option per file pattern (shared with generate-shapes)."""
@@ -528,20 +479,3 @@ def layout_from_args(args: argparse.Namespace) -> DataLayout:
         splits[logical] = name
     patterns = {k: getattr(args, k) for k in DataLayout.__dataclass_fields__ if k not in ("root", "splits")}
     return DataLayout(root=Path(args.root), splits=splits, **patterns)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_layout_arguments(parser)
-    parser.add_argument("--contents", nargs="+", choices=CONTENTS, default=list(CONTENTS),
-                        help="which parts of the dataset to validate")
-    parser.add_argument("--dataset", default="", help="name recorded in the marker")
-    parser.add_argument("--out", help="marker to write (default: ROOT/DATASET_READY.json)")
-
-
-def run(args: argparse.Namespace) -> int:
-    layout = layout_from_args(args)
-    summary = check_dataset(layout, args.contents)
-    marker = Path(args.out) if args.out else layout.root / "DATASET_READY.json"
-    write_json(marker, {"dataset": args.dataset, **summary})
-    log.info("dataset in %s is complete: %s", layout.root, json.dumps(summary["counts"]))
-    return 0

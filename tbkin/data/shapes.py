@@ -10,8 +10,8 @@ Writes, below ``root`` (paths from ``config.data``):
   images only to triangles, diamonds and stars -- like RefCOCO's testA (people) and
   testB (other objects), the two test splits differ in the category referred to;
 * ``gold_scene_graphs.json``: the true scene graph of every caption and expression;
-* ``DATASET_READY.json`` last, after the whole dataset loaded cleanly with
-  :mod:`tbkin.data.loaders`.
+* the marker (``--marker``, below ``results:`` in the workflow) last, after the whole
+  dataset loaded cleanly with :mod:`tbkin.data.check`.
 
 Same spec and seed give byte-identical files: every image has its own random
 generator seeded from (seed, split, index), and no file records a time or path.
@@ -33,7 +33,9 @@ from tqdm import tqdm
 from tbkin.atomic import atomic_path, write_bytes, write_json, write_text
 from tbkin.data.captions import make_captions, make_expressions
 from tbkin.data.language import SceneIndex
-from tbkin.data.loaders import DataLayout, add_layout_arguments, check_dataset, layout_from_args
+from tbkin.config import settings_from_json, settings_from_mapping
+from tbkin.data.check import check_dataset
+from tbkin.data.loaders import DataLayout, add_layout_arguments, layout_from_args
 from tbkin.data.questions import YesNoBalancer, annotate, make_questions
 from tbkin.data.scenes import Scene, render, sample_scene
 from tbkin.data.vocab import SHAPES
@@ -66,16 +68,9 @@ class ShapesSpec:
 
     @classmethod
     def from_config(cls, config: dict) -> "ShapesSpec":
-        """From a validated workflow config (its ``shapes`` and ``data`` sections)."""
-        s = config["shapes"]
-        return cls(
-            seed=config["seed"], image_size=s["image_size"], train_images=s["train_images"],
-            val_images=s["val_images"], objects_per_image=tuple(s["objects_per_image"]),
-            distractors_per_image=tuple(s["distractors_per_image"]), captions_per_image=s["captions_per_image"],
-            questions_per_image=s["questions_per_image"], refs_per_image=s["refs_per_image"],
-            sentences_per_ref=s["sentences_per_ref"], answer_noise=s["answer_noise"],
-            refs_splits=tuple(config["data"]["refs_splits"]),
-        )
+        """From a validated workflow config (its ``shapes`` section, seed and ref splits)."""
+        values = {**config["shapes"], "seed": config["seed"], "refs_splits": config["data"]["refs_splits"]}
+        return settings_from_mapping(cls, values, "config shapes")
 
 
 class Counters:
@@ -246,10 +241,10 @@ def _remove_stale_images(directory: Path) -> None:
             path.unlink()
 
 
-def generate(spec: ShapesSpec, layout: DataLayout, progress: bool = True) -> dict:
-    """Write the whole dataset; return the summary recorded in ``DATASET_READY.json``."""
-    marker = layout.root / "DATASET_READY.json"
-    marker.unlink(missing_ok=True)  # an interrupted run must not look complete
+def generate(spec: ShapesSpec, layout: DataLayout, marker: Path | None = None, progress: bool = True) -> dict:
+    """Write the whole dataset, then ``marker`` (if given) with the spec and counts; return the counts."""
+    if marker is not None:
+        Path(marker).unlink(missing_ok=True)  # an interrupted run must not look complete
     ids = Counters()
     writers = {}
     next_image_id = 1
@@ -274,9 +269,10 @@ def generate(spec: ShapesSpec, layout: DataLayout, progress: bool = True) -> dic
     write_bytes(layout.file("refs"), pickle.dumps(train.refs, protocol=2))
     _write_json(layout.root / "gold_scene_graphs.json", gold)
 
-    summary = check_dataset(layout)
-    write_json(marker, {"dataset": "shapes", "generator": _jsonable(asdict(spec)), **summary})
-    return summary
+    counts = check_dataset(layout)
+    if marker is not None:
+        write_json(marker, {"dataset": "shapes", "generator": _jsonable(asdict(spec)), "counts": counts})
+    return counts
 
 
 def _jsonable(obj: Any) -> Any:
@@ -290,35 +286,16 @@ def _jsonable(obj: Any) -> Any:
 # ---- CLI: tbkin generate-shapes ------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = ShapesSpec()
     add_layout_arguments(parser)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--image-size", type=int, default=d.image_size)
-    parser.add_argument("--train-images", type=int, default=d.train_images)
-    parser.add_argument("--val-images", type=int, default=d.val_images)
-    parser.add_argument("--objects-per-image", type=int, nargs=2, default=d.objects_per_image, metavar=("MIN", "MAX"))
-    parser.add_argument("--distractors-per-image", type=int, nargs=2, default=d.distractors_per_image,
-                        metavar=("MIN", "MAX"))
-    parser.add_argument("--captions-per-image", type=int, default=d.captions_per_image)
-    parser.add_argument("--questions-per-image", type=int, default=d.questions_per_image)
-    parser.add_argument("--refs-per-image", type=int, default=d.refs_per_image)
-    parser.add_argument("--sentences-per-ref", type=int, default=d.sentences_per_ref)
-    parser.add_argument("--answer-noise", type=float, default=d.answer_noise)
-    parser.add_argument("--refs-splits", nargs="+", default=list(d.refs_splits))
+    parser.add_argument("--spec", default="{}",
+                        help="generator settings as one JSON object with ShapesSpec's fields (config "
+                             "`shapes` plus seed and refs_splits); missing fields take their defaults")
+    parser.add_argument("--marker", required=True, help="JSON written last: the spec and the counts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def spec_from_args(args: argparse.Namespace) -> ShapesSpec:
-    return ShapesSpec(
-        seed=args.seed, image_size=args.image_size, train_images=args.train_images, val_images=args.val_images,
-        objects_per_image=tuple(args.objects_per_image), distractors_per_image=tuple(args.distractors_per_image),
-        captions_per_image=args.captions_per_image, questions_per_image=args.questions_per_image,
-        refs_per_image=args.refs_per_image, sentences_per_ref=args.sentences_per_ref,
-        answer_noise=args.answer_noise, refs_splits=tuple(args.refs_splits),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
-    summary = generate(spec_from_args(args), layout_from_args(args), progress=not args.no_progress)
-    log.info("shapes dataset written: %s", summary["counts"])
+    spec = settings_from_json(ShapesSpec, args.spec, "generate-shapes --spec")
+    counts = generate(spec, layout_from_args(args), args.marker, progress=not args.no_progress)
+    log.info("shapes dataset written: %s", counts)
     return 0

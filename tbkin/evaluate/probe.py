@@ -55,10 +55,11 @@ import torch
 from tbkin.atomic import write_json
 from tbkin.data.vocab import COLORS, SHAPES, plural
 from tbkin.errors import DataFormatError
+from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.model.modeling_tbkin import CheckpointError, TbkinInputs, TbkinModel, load_pretraining_heads
 from tbkin.model.tokenization import pieces_in_span
 from tbkin.precision import PRECISIONS, autocast, resolve_precision
-from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images, pad_text
+from tbkin.train.data import EncodedText, RegionTensors, TextEncoder, collate, leave_out_skipped_images, pad_text
 from tbkin.train.loop import progress_bar
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def masked_word_hits(model: TbkinModel, heads, inputs: TbkinInputs, original_ids
     return masked.any(dim=1) & ~wrong.any(dim=1)
 
 
-def _masked_batch(examples: list[ProbeExample], images: list[int], store: RegionStore, mask_token_id: int):
+def _masked_batch(examples: list[ProbeExample], images: list[int], store: RegionFeatureReader, mask_token_id: int):
     """Inputs with each example's word masked over ``images``' regions; original ids; the mask."""
     texts, originals = [], []
     for example in examples:
@@ -169,7 +170,7 @@ def _masked_batch(examples: list[ProbeExample], images: list[int], store: Region
         for p in example.pieces:
             masked_ids[p] = mask_token_id
         texts.append(masked_ids)
-    inputs = collate(texts, [store.get(image_id) for image_id in images])
+    inputs = collate(texts, [RegionTensors.from_regions(store.get(image_id)) for image_id in images])
     original_ids = pad_text(originals, inputs.input_ids.shape[1])
     masked = torch.zeros(original_ids.shape, dtype=torch.bool)
     for b, example in enumerate(examples):
@@ -177,7 +178,7 @@ def _masked_batch(examples: list[ProbeExample], images: list[int], store: Region
     return inputs, original_ids, masked
 
 
-def probe(model: TbkinModel, heads, captions: list[ProbeCaption], store: RegionStore, mask_token_id: int, *,
+def probe(model: TbkinModel, heads, captions: list[ProbeCaption], store: RegionFeatureReader, mask_token_id: int, *,
           seed: int = 0, batch_size: int = 64, device: torch.device | str = "cpu", precision: str = "fp32") -> dict:
     """Hits and counts per group: {"color": {"own_image": hits, "random_image": hits, "masked_words": n}, ...}."""
     device = torch.device(device)
@@ -245,7 +246,7 @@ def probe_checkpoint(checkpoint: str | Path, parses: str | Path, features: str |
     heads = load_pretraining_heads(checkpoint, model.config)
     model.to(device)
     heads.to(device)
-    store = RegionStore(features)
+    store = RegionFeatureReader(features, cache=True)
     captions, truncated = read_probe_captions(parses, TextEncoder(model.tokenizer, model.config.max_text_len))
     captions, _ = leave_out_skipped_images(captions, lambda c: c.image_id, store, "captions", parses)
     missing = sorted({c.image_id for c in captions if c.image_id not in store})

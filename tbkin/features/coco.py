@@ -6,15 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tbkin.data.loaders import load_coco_instances
-
-
-@dataclass
-class ImageRecord:
-    image_id: int
-    file_name: str
-    width: int
-    height: int
+from tbkin.data.loaders import CocoImage, load_coco_instances
 
 
 @dataclass
@@ -29,7 +21,7 @@ class BoxRecord:
 class DetectionData:
     """Images sorted by id, their boxes, the categories and attribute vocabulary."""
 
-    images: list[ImageRecord]
+    images: list[CocoImage]
     boxes_by_image: dict[int, list[BoxRecord]]
     category_ids: list[int]               # sorted; detector class id = position + 1
     category_names: list[str]
@@ -48,11 +40,8 @@ class DetectionData:
 def load_detection_data(path: str | os.PathLike) -> DetectionData:
     """Read a COCO instances file with the shared loader (crowd boxes are left out)."""
     instances = load_coco_instances(path)
-    images = [
-        ImageRecord(image.id, image.file_name, image.width, image.height)
-        for image in sorted(instances.images.values(), key=lambda im: im.id)
-    ]
-    boxes_by_image: dict[int, list[BoxRecord]] = {record.image_id: [] for record in images}
+    images = sorted(instances.images.values(), key=lambda im: im.id)
+    boxes_by_image: dict[int, list[BoxRecord]] = {image.id: [] for image in images}
     attribute_values: dict[str, set[str]] = {}
     for ann in instances.annotations:
         if ann.iscrowd:

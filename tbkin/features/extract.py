@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tbkin.data.check import read_image_list
+from tbkin.data.loaders import CocoImage
 from tbkin.errors import BadImageError, TbkinError
-from tbkin.features.coco import ImageRecord, load_detection_data
 from tbkin.features.detector import RegionDetector, RegionSelection, load_region_detector
 from tbkin.features.hdf5 import RegionFeatureWriter
 from tbkin.features.images import load_rgb
@@ -53,12 +54,12 @@ def shard_slice(num_items: int, shard: int, num_shards: int, batch_size: int) ->
 
 @dataclass
 class _LoadedBatch:
-    records: list[ImageRecord]
+    records: list[CocoImage]
     arrays: list[np.ndarray]
-    bad: list[tuple[ImageRecord, BadImageError]]
+    bad: list[tuple[CocoImage, BadImageError]]
 
 
-def _load_batch(records: Sequence[ImageRecord], image_dir: Path) -> _LoadedBatch:
+def _load_batch(records: Sequence[CocoImage], image_dir: Path) -> _LoadedBatch:
     batch = _LoadedBatch([], [], [])
     for record in records:
         try:
@@ -71,7 +72,7 @@ def _load_batch(records: Sequence[ImageRecord], image_dir: Path) -> _LoadedBatch
 
 def extract_features(
     detector: RegionDetector,
-    images: Sequence[ImageRecord],
+    images: Sequence[CocoImage],
     image_dir: str | os.PathLike,
     output: str | os.PathLike,
     selection: RegionSelection,
@@ -81,7 +82,7 @@ def extract_features(
 ) -> ExtractionSummary:
     """Detect and write the regions of ``images`` (sorted by id) to ``output``, batch by batch."""
     image_dir = Path(image_dir)
-    images = sorted(images, key=lambda r: r.image_id)
+    images = sorted(images, key=lambda r: r.id)
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     started = time.perf_counter()
     writer = RegionFeatureWriter(output, selection.num_regions, detector.feature_dim, detector.label_names, float16)
@@ -95,10 +96,10 @@ def extract_features(
                 if not skip_bad_images:
                     raise error
                 log.warning("skipping %s", error)
-                writer.skip(record.file_name, record.image_id)
+                writer.skip(record.file_name, record.id)
             for record, regions in zip(batch.records, detector.detect(batch.arrays, selection)):
                 writer.append(
-                    record.image_id, regions.width, regions.height,
+                    record.id, regions.width, regions.height,
                     regions.boxes, regions.scores, regions.labels, regions.features,
                 )
             writer.flush()
@@ -113,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--architecture", default="fasterrcnn_resnet50_fpn", help="torchvision builder (or detectron2 config file) for --weights")
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--max-size", type=int, default=1333)
-    parser.add_argument("--instances", default=None, help="COCO-format JSON listing the split's images (none: write an empty file)")
+    parser.add_argument("--image-list", required=True,
+                        help="the split's image list: the marker `tbkin check-data --part SPLIT` writes")
     parser.add_argument("--images", required=True, help="folder holding the split's image files")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)
@@ -131,11 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    if args.instances:
-        records = load_detection_data(args.instances).images
-    else:
-        log.warning("no image list for this split: writing an empty feature file")
-        records = []
+    records = read_image_list(args.image_list)
     part = records[shard_slice(len(records), args.shard, args.num_shards, args.batch_size)]
     detector = load_region_detector(
         args.weights, args.backend, args.label_map, args.architecture, args.min_size, args.max_size, args.device,

@@ -228,15 +228,23 @@ class RegionFeatureWriter:
 
 
 class RegionFeatureReader:
-    """Read one image's regions at a time; only the image-id index is held in memory.
+    """Regions of a feature file, by image id.
+
+    :meth:`get` reads the regions of one image (``features`` in the file's dtype, float16
+    too); :meth:`get_many` reads chosen datasets of many images at once (the graph builder
+    takes boxes, labels and scores of a batch, never the large ``features``). Only the
+    image-id index is held in memory unless ``cache=True``: then every image :meth:`get`
+    reads is kept (a few MB for ``shapes``), for training and evaluation, which read the
+    same images again every epoch.
 
     Safe to use from DataLoader worker processes: the file is reopened after a fork.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, cache: bool = False):
         self.path = Path(path)
         self._file = None
         self._pid = None
+        self._cache: dict[int, Regions] | None = {} if cache else None
         handle = self._handle()
         try:
             self.image_ids = handle["image_id"][:]
@@ -265,13 +273,16 @@ class RegionFeatureReader:
         return int(image_id) in self._row
 
     def get(self, image_id: int) -> Regions:
+        image_id = int(image_id)
+        if self._cache is not None and image_id in self._cache:
+            return self._cache[image_id]
         try:
-            row = self._row[int(image_id)]
+            row = self._row[image_id]
         except KeyError:
             raise FeatureFileError(f"{self.path}: no regions for image id {image_id}") from None
         h = self._handle()
-        return Regions(
-            image_id=int(image_id),
+        regions = Regions(
+            image_id=image_id,
             features=h["features"][row],
             boxes=h["boxes"][row],
             position=h["position"][row],
@@ -282,6 +293,24 @@ class RegionFeatureReader:
             height=int(h["height"][row]),
             label_names=self.label_names,
         )
+        if self._cache is not None:
+            self._cache[image_id] = regions
+        return regions
+
+    def get_many(self, image_ids: Sequence[int], names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Datasets ``names`` of the distinct images among ``image_ids`` that the file has
+        (in file order), and per given id the index of its image in them (-1: not in the file)."""
+        rows = np.fromiter((self._row.get(int(i), -1) for i in image_ids), np.int64, len(image_ids))
+        wanted, index = np.unique(rows[rows >= 0], return_inverse=True)
+        image_index = np.full(len(rows), -1, np.int64)
+        image_index[rows >= 0] = index
+        h = self._handle()
+        if len(wanted) == 0:
+            return {name: h[name][0:0] for name in names}, image_index
+        lo, hi = int(wanted[0]), int(wanted[-1]) + 1
+        # one contiguous read when the rows are close together, else a point selection
+        contiguous = hi - lo <= 4 * len(wanted) + 256
+        return {name: h[name][lo:hi][wanted - lo] if contiguous else h[name][wanted] for name in names}, image_index
 
     def feature_statistics(self, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and standard deviation over every real region (not padding)."""

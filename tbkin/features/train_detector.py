@@ -63,7 +63,7 @@ def load_samples(data: DetectionData, image_dir: str | os.PathLike) -> list[Dete
     samples = []
     for record in tqdm(data.images, desc="load images", unit="img", mininterval=5):
         array = load_rgb(Path(image_dir) / record.file_name)
-        boxes = data.boxes_by_image[record.image_id]
+        boxes = data.boxes_by_image[record.id]
         xyxy = [[x, y, x + w, y + h] for x, y, w, h in (b.bbox for b in boxes)]
         attrs = [[value_index[g].get(b.attributes.get(g), -1) for g in groups] for b in boxes]
         samples.append(
@@ -163,7 +163,7 @@ def evaluate(
             for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
                 x1, y1, x2, y2 = box
                 detections.append({
-                    "image_id": record.image_id, "category_id": arch.category_ids[label],
+                    "image_id": record.id, "category_id": arch.category_ids[label],
                     "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
                 })
         if head.attribute_head is None:

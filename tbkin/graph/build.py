@@ -1,7 +1,8 @@
 """Build the unified scene graph and knowledge entries of one split; CLI ``build-graph``.
 
-Pairs are the (image, caption) and (image, question) rows of the split's
-``parses.parquet``; ``pair_id`` is the row index in that file. The file is read in
+Pairs are the (image, caption) rows of the split's ``parses.parquet``: pretraining,
+the only reader of edges and entries, trains on captions (questions and expressions
+are fine-tuning data). ``pair_id`` is the row index in that file. The file is read in
 record batches and the region boxes/labels/scores of only those batches' images
 are read from the features HDF5, so memory stays flat however large the split;
 edges and entries are streamed to Parquet (schemas below and in docs/artifacts.md).
@@ -9,13 +10,11 @@ edges and entries are streamed to Parquet (schemas below and in docs/artifacts.m
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from tbkin.atomic import atomic_path
 from tbkin.errors import TbkinError
+from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.graph.edges import (
     CROSS, IMAGE, IMAGE_INTRA, KIND_NAMES, MODALITY_NAMES, TEXT, TEXT_INTRA, CooccurrenceCounts, EdgeArrays,
     cross_edges, image_intra_edges, ragged_arange, text_intra_edges,
@@ -34,7 +34,7 @@ from tbkin.graph.wordvec import load_vectors, phrase_vectors
 
 log = logging.getLogger(__name__)
 
-PAIR_SOURCES = ("caption", "question")
+PAIR_SOURCES = ("caption",)
 
 EDGE_SCHEMA = pa.schema([
     ("pair_id", pa.int64()), ("src_modality", pa.string()), ("src", pa.int32()),
@@ -128,6 +128,12 @@ class RegionBatch:
     scores: np.ndarray      # (K, m)
     num_boxes: np.ndarray   # (K,)
     pair_image_row: np.ndarray
+
+    @classmethod
+    def read(cls, reader: RegionFeatureReader, image_ids: np.ndarray) -> "RegionBatch":
+        """The regions of the pairs' images (one per pair); ``features`` are never read."""
+        data, pair_image_row = reader.get_many(image_ids, ("boxes", "labels", "scores", "num_boxes"))
+        return cls(**data, pair_image_row=pair_image_row)
 
 
 @dataclass
@@ -247,62 +253,13 @@ def entries_table(entries: EntryArrays, pair_ids: np.ndarray, image_ids: np.ndar
     }, schema=ENTRY_SCHEMA)
 
 
-class RegionSource:
-    """Reads boxes, labels, scores and box counts of chosen images from a features HDF5.
-
-    Only these small per-image datasets are touched (never ``features``), a batch
-    of images at a time.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        try:
-            self.file = h5py.File(self.path, "r")
-            self.image_ids = self.file["image_id"][:]
-            self.label_names = json.loads(self.file.attrs["label_names"])
-            self.num_regions = int(self.file["boxes"].shape[1])
-        except (OSError, KeyError) as exc:
-            raise GraphInputError(f"cannot read region features {self.path}: {exc}") from None
-        self.order = np.argsort(self.image_ids, kind="stable")
-        self.sorted_ids = self.image_ids[self.order]
-        self.missing = 0
-
-    def rows_of(self, image_ids: np.ndarray) -> np.ndarray:
-        pos = np.clip(np.searchsorted(self.sorted_ids, image_ids), 0, max(len(self.sorted_ids) - 1, 0))
-        if len(self.sorted_ids) == 0:
-            return np.full(len(image_ids), -1, np.int64)
-        found = self.sorted_ids[pos] == image_ids
-        return np.where(found, self.order[pos], -1).astype(np.int64)
-
-    def batch(self, image_ids: np.ndarray) -> RegionBatch:
-        rows = self.rows_of(image_ids)
-        self.missing += int((rows < 0).sum())
-        wanted, pair_image_row = np.unique(rows[rows >= 0], return_inverse=True)
-        pair_rows = np.full(len(rows), -1, np.int64)
-        pair_rows[rows >= 0] = pair_image_row
-        m = self.num_regions
-        if len(wanted) == 0:
-            return RegionBatch(np.zeros((0, m, 4), np.float32), np.zeros((0, m), np.int32),
-                               np.zeros((0, m), np.float32), np.zeros(0, np.int32), pair_rows)
-        lo, hi = int(wanted[0]), int(wanted[-1]) + 1
-        data = {}
-        for name in ("boxes", "labels", "scores", "num_boxes"):
-            ds = self.file[name]
-            # one contiguous read when the rows are close together, else a point selection
-            data[name] = ds[lo:hi][wanted - lo] if hi - lo <= 4 * len(wanted) + 256 else ds[wanted]
-        return RegionBatch(data["boxes"], data["labels"], data["scores"], data["num_boxes"], pair_rows)
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def _parquet_options(schema: pa.Schema) -> dict:
     # dictionary-encode only the few-valued string columns: faster and smaller than for all
     return {"compression": "zstd", "use_dictionary": [f.name for f in schema if f.type == pa.string()]}
 
 
 def iter_pair_batches(parses_path: str | Path, batch_size: int) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-    """Batches of pair rows (captions and questions) with their global row indices."""
+    """Batches of pair rows (captions) with their global row indices."""
     columns = ["source", "image_id", "objects", "attributes", "relations"]
     offset = 0
     for batch in pq.ParquetFile(parses_path).iter_batches(batch_size=batch_size, columns=columns):
@@ -320,7 +277,7 @@ def build_graph(parses_path, count_paths: Sequence, features_path, kv, params: G
     for path in count_paths:
         count_cooccurrences(pq.ParquetFile(path).iter_batches(
             batch_size=batch_size, columns=["objects", "attributes", "relations"]), counts)
-    regions = RegionSource(features_path)
+    regions = RegionFeatureReader(features_path)
     matcher = LabelMatcher(kv, regions.label_names)
     summary = {"pairs": 0, "edges": 0, "entries": 0, "entry_rows": 0, "pairs_without_regions": 0}
     total_rows = pq.ParquetFile(parses_path).metadata.num_rows
@@ -331,7 +288,7 @@ def build_graph(parses_path, count_paths: Sequence, features_path, kv, params: G
                 bar = tqdm(total=total_rows, desc="graph", unit="row", disable=not progress, mininterval=5)
                 for batch, pair_ids in iter_pair_batches(parses_path, batch_size):
                     image_ids = batch.column("image_id").to_numpy().astype(np.int64)
-                    region_batch = regions.batch(image_ids)
+                    region_batch = RegionBatch.read(regions, image_ids)
                     edges, entries = graph_batch(TextBatch.from_arrow(batch), region_batch, counts, matcher, params)
                     edge_writer.write_table(edges_table(edges, pair_ids))
                     entry_writer.write_table(entries_table(entries, pair_ids, image_ids))
@@ -354,7 +311,8 @@ def build_graph(parses_path, count_paths: Sequence, features_path, kv, params: G
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parses", required=True, help="parses.parquet of the split")
     parser.add_argument("--count-parses", nargs="+", required=True,
-                        help="parses.parquet of every split: co-occurrence counts are dataset-wide")
+                        help="parses.parquet the co-occurrence counts come from: the train split's "
+                             "(statistics that training uses never see val)")
     parser.add_argument("--features", required=True, help="region features HDF5 of the split")
     parser.add_argument("--word-vectors", required=True, help="word2vec binary file written by `tbkin word-vectors`")
     parser.add_argument("--min-confidence", type=float, default=0.5, help="text.min_detection_confidence")

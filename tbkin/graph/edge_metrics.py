@@ -52,7 +52,7 @@ from tbkin.atomic import write_json
 from tbkin.data.loaders import CocoAnnotation, load_coco_instances
 from tbkin.data.vocab import COLORS, GENERIC_NOUNS, SIZES
 from tbkin.errors import DataFormatError
-from tbkin.graph.build import RegionSource
+from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.text.metrics import load_gold
 
 log = logging.getLogger(__name__)
@@ -193,16 +193,13 @@ def caption_pairs(parses_path, instances, gold_path) -> dict[int, ScoredPair]:
 
 def image_regions(features_path, image_ids: Sequence[int], instances, min_confidence: float) -> dict[int, ImageRegions]:
     by_image = instances.annotations_by_image()
-    source = RegionSource(features_path)
-    try:
-        batch = source.batch(np.asarray(image_ids, np.int64))
-    finally:
-        source.close()
+    with RegionFeatureReader(features_path) as reader:
+        data, rows = reader.get_many(image_ids, ("boxes", "scores", "num_boxes"))
     out = {}
-    for image_id, row in zip(image_ids, batch.pair_image_row):
+    for image_id, row in zip(image_ids, rows):
         if row >= 0:
-            n = int(batch.num_boxes[row])
-            out[image_id] = match_regions(batch.boxes[row, :n], batch.scores[row, :n], by_image[image_id],
+            n = int(data["num_boxes"][row])
+            out[image_id] = match_regions(data["boxes"][row, :n], data["scores"][row, :n], by_image[image_id],
                                           min_confidence)
     return out
 

@@ -24,9 +24,9 @@ Embeddings (the paper's "Feature representations"):
   steps on raw features and reached 98% on standardised ones.
 
 The sequence is the text (``[CLS] … [SEP]``, at most ``max_text_len`` slots, padded
-to the batch's longest) followed by the regions (at most ``max_regions`` slots, padded
-to the batch's largest detection count); the padding mask hides padded slots from
-every key. The encoder is transformers' :class:`BertEncoder`
+to the batch's longest) followed by the regions (at most the feature file's m slots,
+padded to the batch's largest detection count); the padding mask hides padded slots
+from every key. The encoder is transformers' :class:`BertEncoder`
 whose attention is the registry function ``"tbkin"`` (:mod:`tbkin.model.attention`),
 so :meth:`TbkinModel.set_attention` switches full / threshold / local attention
 without touching the weights.
@@ -65,7 +65,7 @@ class CheckpointError(TbkinError):
 
 @strict
 class TbkinConfig(BertConfig):
-    """BERT config plus the region stream and the attention mode."""
+    """BERT config plus the region stream, the attention mode and the VQA readout."""
 
     model_type = "tbkin"
 
@@ -73,10 +73,12 @@ class TbkinConfig(BertConfig):
     region_position_dim: int = 5
     num_region_labels: int = 1600
     max_text_len: int = 20
-    max_regions: int = 36
     attention_mode: str = "full"
     attention_threshold: float = 0.0
     local_window: int | None = None
+    # the VQA classifier's input (tbkin.train.finetune_vqa): saved here so that a
+    # fine-tuned model's config.json alone rebuilds it; None outside VQA fine-tuning
+    vqa_readout: str | None = None
 
 
 @dataclass
@@ -258,7 +260,7 @@ class TbkinModel(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise CheckpointError(f"{directory}: missing {name} (not a TBKIN checkpoint)")
-        config = load_config(directory / CONFIG_NAME, **config_overrides)
+        config = load_model_config(directory / CONFIG_NAME, **config_overrides)
         tokenizer = load_tokenizer(directory) if (directory / "tokenizer_config.json").is_file() else None
         model = cls(config, tokenizer=tokenizer)
         state = load_file(str(directory / WEIGHTS_NAME))
@@ -356,11 +358,12 @@ def _load_bert_state(bert_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_config(path: str | Path, **overrides) -> TbkinConfig:
-    """Read a TBKIN ``config.json`` and apply ``overrides``."""
+def load_model_config(path: str | Path, **overrides) -> TbkinConfig:
+    """Read a TBKIN model's ``config.json`` and apply ``overrides``."""
     data = json.loads(Path(path).read_text())
     data.pop("transformers_version", None)
     data.pop("model_type", None)
+    data.pop("max_regions", None)  # written by older versions, never read
     data.update(overrides)
     try:
         return TbkinConfig(**data)

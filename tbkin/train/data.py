@@ -2,16 +2,15 @@
 
 Interface::
 
-    store = RegionStore(features_h5)              # wraps tbkin.features.hdf5.RegionFeatureReader
-    regions = store.get(image_id)                 # -> RegionTensors (torch, padded to m rows)
+    reader = RegionFeatureReader(features_h5, cache=True)   # tbkin.features.hdf5
+    regions = RegionTensors.from_regions(reader.get(image_id))  # torch, padded to m rows
     encoder = TextEncoder(tokenizer, max_len=20)
     text = encoder.encode("a red circle ...")     # -> EncodedText (ids incl. [CLS]/[SEP], char offsets)
     inputs = collate([text, ...], [regions, ...]) # -> TbkinInputs (text padded with 0 to the longest)
 
-``RegionStore`` keeps every image of the file in memory after the first read when
-``cache=True`` (the default): a few MB for ``shapes``; real datasets pass
-``cache=False`` and read one image at a time (the reader reopens its file after a
-fork, so DataLoader workers can share a store).
+Training and evaluation open the reader with ``cache=True``: every image of the file
+stays in memory after its first read (a few MB for ``shapes``); the reader reopens its
+file after a fork, so DataLoader workers can share it.
 
 Images that feature extraction skipped as unreadable (``features.skip_bad_images``)
 are listed in the feature file; :func:`leave_out_skipped_images` drops the texts
@@ -26,6 +25,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import torch
 
+from tbkin.features.hdf5 import Regions, RegionFeatureReader, skipped_list_path
 from tbkin.model.modeling_tbkin import TbkinInputs
 
 log = logging.getLogger(__name__)
@@ -50,48 +50,11 @@ class RegionTensors:
     def mask(self) -> torch.Tensor:
         return torch.arange(self.features.shape[0]) < self.num_boxes
 
-
-class RegionStore:
-    """Region features of one split, by image id."""
-
-    def __init__(self, path: str | Path, cache: bool = True):
-        from tbkin.features.hdf5 import RegionFeatureReader
-
-        self.path = Path(path)
-        self.reader = RegionFeatureReader(self.path)
-        self.cache: dict[int, RegionTensors] | None = {} if cache else None
-
-    @property
-    def image_ids(self) -> list[int]:
-        return [int(i) for i in self.reader.image_ids]
-
-    @property
-    def feature_dim(self) -> int:
-        return self.reader.feature_dim
-
-    @property
-    def num_regions(self) -> int:
-        return self.reader.num_regions
-
-    @property
-    def label_names(self) -> list[str]:
-        return self.reader.label_names
-
-    @property
-    def skipped_image_ids(self) -> set[int]:
-        """Images left out at extraction because they could not be read."""
-        return self.reader.skipped_image_ids
-
-    def __contains__(self, image_id: int) -> bool:
-        return image_id in self.reader
-
-    def get(self, image_id: int) -> RegionTensors:
-        image_id = int(image_id)
-        if self.cache is not None and image_id in self.cache:
-            return self.cache[image_id]
-        r = self.reader.get(image_id)
-        regions = RegionTensors(
-            image_id=image_id,
+    @classmethod
+    def from_regions(cls, r: Regions) -> "RegionTensors":
+        """The tensors of regions read from a feature file; float16 features become float32."""
+        return cls(
+            image_id=r.image_id,
             features=torch.from_numpy(r.features).float(),
             positions=torch.from_numpy(r.position).float(),
             boxes=torch.from_numpy(r.boxes).float(),
@@ -101,16 +64,13 @@ class RegionStore:
             width=r.width,
             height=r.height,
         )
-        if self.cache is not None:
-            self.cache[image_id] = regions
-        return regions
 
 
-def leave_out_skipped_images(items: Iterable[Item], image_id: Callable[[Item], int], store: RegionStore,
+def leave_out_skipped_images(items: Iterable[Item], image_id: Callable[[Item], int], store: RegionFeatureReader,
                              what: str, source: str | Path) -> tuple[list[Item], list[Item]]:
     """(kept, left out): ``items`` (questions, expressions, ...) about images the
     extraction skipped are left out, and their number logged. Items about images that
-    are neither in the store nor skipped are kept, for the caller's missing-region error."""
+    are neither in the file nor skipped are kept, for the caller's missing-region error."""
     items = list(items)
     skipped = store.skipped_image_ids
     if not skipped:
@@ -119,8 +79,6 @@ def leave_out_skipped_images(items: Iterable[Item], image_id: Callable[[Item], i
     for item in items:
         (left_out if image_id(item) in skipped else kept).append(item)
     if left_out:
-        from tbkin.features.hdf5 import skipped_list_path
-
         log.warning("%s: left out %d of %d %s about %d images that feature extraction skipped as unreadable "
                     "(listed in %s)", source, len(left_out), len(items), what,
                     len({image_id(i) for i in left_out}), skipped_list_path(store.path))

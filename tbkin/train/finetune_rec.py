@@ -27,9 +27,10 @@ from tbkin.atomic import write_json
 from tbkin.data.loaders import Ref, load_refcoco
 from tbkin.errors import DataFormatError
 from tbkin.evaluate.rec_boxes import HIT_IOU, RecTargets, decode_deltas, rec_targets, xywh_to_xyxy, xyxy_to_xywh
+from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
 from tbkin.precision import autocast
-from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images
+from tbkin.train.data import EncodedText, RegionTensors, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
     add_training_arguments,
     batched,
@@ -73,7 +74,7 @@ class RecExample:
     targets: RecTargets
 
 
-def load_examples(refs: list[Ref], encoder: TextEncoder, store: RegionStore,
+def load_examples(refs: list[Ref], encoder: TextEncoder, store: RegionFeatureReader,
                   left_out: list[int] | None = None) -> list[RecExample]:
     """One example per (expression, referred object); targets computed once per ref.
 
@@ -91,15 +92,16 @@ def load_examples(refs: list[Ref], encoder: TextEncoder, store: RegionStore,
     examples = []
     for (ref, sent), text in zip(sentences, encoded):
         if ref.ref_id not in targets:
-            regions = store.get(ref.image_id)
+            regions = RegionTensors.from_regions(store.get(ref.image_id))
             targets[ref.ref_id] = rec_targets(regions.boxes, regions.num_boxes,
                                               xywh_to_xyxy(torch.tensor(ref.bbox, dtype=torch.float32)))
         examples.append(RecExample(sent.sent_id, ref, text, targets[ref.ref_id]))
     return examples
 
 
-def make_inputs(examples: list[RecExample], store: RegionStore, device) -> TbkinInputs:
-    return collate([e.text for e in examples], [store.get(e.ref.image_id) for e in examples]).to(device)
+def make_inputs(examples: list[RecExample], store: RegionFeatureReader, device) -> TbkinInputs:
+    regions = [RegionTensors.from_regions(store.get(e.ref.image_id)) for e in examples]
+    return collate([e.text for e in examples], regions).to(device)
 
 
 @dataclass
@@ -113,7 +115,7 @@ class RecBatch:
         return RecBatch(self.inputs.to(device), self.rank.to(device), self.positive.to(device), self.deltas.to(device))
 
 
-def make_batch(examples: list[RecExample], store: RegionStore) -> RecBatch:
+def make_batch(examples: list[RecExample], store: RegionFeatureReader) -> RecBatch:
     inputs = make_inputs(examples, store, "cpu")
     slots = inputs.region_mask.shape[1]   # the batch's region slots (see collate)
     return RecBatch(inputs,
@@ -131,7 +133,7 @@ def rec_loss(model: nn.Module, batch: RecBatch) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(model: RecScorer, examples: list[RecExample], store: RegionStore, batch_size: int, device,
+def predict(model: RecScorer, examples: list[RecExample], store: RegionFeatureReader, batch_size: int, device,
             precision: str = "fp32") -> list[dict]:
     model.eval()
     out = []
@@ -142,7 +144,7 @@ def predict(model: RecScorer, examples: list[RecExample], store: RegionStore, ba
         scores, deltas = scores.float(), deltas.float()
         best = scores.argmax(dim=-1)
         for row, e in enumerate(batch):
-            region = store.get(e.ref.image_id).boxes[int(best[row])]
+            region = torch.from_numpy(store.get(e.ref.image_id).boxes[int(best[row])])
             box = decode_deltas(region, deltas[row, int(best[row])].cpu())
             out.append({"sent_id": e.sent_id, "ref_id": e.ref.ref_id, "image_id": e.ref.image_id,
                         "box": [round(float(v), 2) for v in xyxy_to_xywh(box)]})
@@ -178,7 +180,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
             raise DataFormatError(f"{args.refs}: no refs in split '{split}' (has: {', '.join(sorted(by_split))})")
     backbone = load_backbone(args.pretrained, attention)
     encoder = TextEncoder(backbone.tokenizer, backbone.config.max_text_len)
-    store = RegionStore(args.features)
+    store = RegionFeatureReader(args.features, cache=True)
     left_out: dict[str, list[int]] = {s: [] for s in [args.train_split, *args.eval_splits]}
     train_set = load_examples(by_split[args.train_split], encoder, store, left_out[args.train_split])
     eval_sets = {s: load_examples(by_split[s], encoder, store, left_out[s]) for s in args.eval_splits}

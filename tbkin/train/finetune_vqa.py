@@ -10,8 +10,8 @@ the arg-max answer of every question of the evaluation split and writes them in 
 official results format ``[{"question_id", "answer"}]``.
 
 Outputs in ``--out-dir``: ``model.safetensors`` + ``config.json`` + tokenizer files
-(the fine-tuned encoder, attention setting in its config), ``head.safetensors``,
-``answers.json``, ``run.json``, ``log.jsonl``.
+(the fine-tuned encoder; attention setting and readout in its config),
+``head.safetensors``, ``answers.json``, ``run.json``, ``log.jsonl``.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from torch import nn
 
 from tbkin.atomic import write_json
 from tbkin.errors import DataFormatError
-from tbkin.data.loaders import load_vqa
+from tbkin.data.loaders import VqaQuestion, load_vqa
+from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinOutput
 from tbkin.precision import autocast
 from tbkin.train.answers import AnswerVocab
-from tbkin.train.data import EncodedText, RegionStore, TextEncoder, collate, leave_out_skipped_images
+from tbkin.train.data import EncodedText, RegionTensors, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
     add_training_arguments,
     batched,
@@ -56,15 +57,21 @@ class VqaClassifier(nn.Module):
     ``"cls_and_regions"`` feeds [CLS] + the mean of the real regions' outputs: every
     region output then gets a direct gradient from the answer loss, instead of only
     through [CLS]'s attention to the regions, which learns slowly from BERT weights.
+    The readout is kept in the backbone's config (``vqa_readout``), so the saved
+    ``config.json`` alone rebuilds the same classifier.
     """
 
     def __init__(self, backbone: TbkinModel, num_answers: int, readout: str = "cls"):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"unknown VQA readout {readout!r}; expected one of {READOUTS}")
+        backbone.config.vqa_readout = readout
         self.backbone = backbone
-        self.readout = readout
         self.head = make_head(backbone.config.hidden_size, num_answers)
+
+    @property
+    def readout(self) -> str:
+        return self.backbone.config.vqa_readout
 
     def forward(self, inputs: TbkinInputs) -> torch.Tensor:
         return self.classify(self.backbone(inputs), inputs.region_mask)
@@ -79,26 +86,29 @@ class VqaClassifier(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple["VqaClassifier", AnswerVocab]:
-        """A model written by finetune-vqa, with the attention setting and readout it was trained with."""
+        """A model written by finetune-vqa, with the attention setting and readout of its config.json."""
         directory = Path(directory)
         vocab = AnswerVocab.load(directory / "answers.json")
-        readout = read_run_info(directory).get("readout", "cls")
-        model = cls(TbkinModel.from_pretrained(directory), len(vocab), readout)
+        backbone = TbkinModel.from_pretrained(directory)
+        # run.json: the readout of models saved before config.json carried it
+        readout = backbone.config.vqa_readout or read_run_info(directory).get("readout", "cls")
+        model = cls(backbone, len(vocab), readout)
         model.head.load_state_dict(load_head_state(directory))
         return model.eval(), vocab
 
 
 @dataclass
-class VqaQuestion:
-    question_id: int
-    image_id: int
+class VqaExample:
+    """A question of the split, encoded, with its soft answer targets."""
+
+    question: VqaQuestion
     text: EncodedText
     targets: dict[int, float]   # answer index -> soft score (empty without annotations)
 
 
 def load_questions(questions_path: str, annotations_path: str | None, encoder: TextEncoder,
-                   store: RegionStore, vocab: AnswerVocab | None,
-                   left_out: list[int] | None = None) -> list[VqaQuestion]:
+                   store: RegionFeatureReader, vocab: AnswerVocab | None,
+                   left_out: list[int] | None = None) -> list[VqaExample]:
     """Questions of a split (with soft targets when ``vocab`` and annotations are given).
 
     Questions about images the feature extraction skipped are left out; their ids are
@@ -115,15 +125,16 @@ def load_questions(questions_path: str, annotations_path: str | None, encoder: T
     out = []
     for q, text in zip(questions, encoded):
         targets = vocab.soft_targets([a.answer for a in q.answers]) if vocab is not None and q.answers else {}
-        out.append(VqaQuestion(q.question_id, q.image_id, text, targets))
+        out.append(VqaExample(q, text, targets))
     return out
 
 
-def make_inputs(examples: list[VqaQuestion], store: RegionStore, device) -> TbkinInputs:
-    return collate([e.text for e in examples], [store.get(e.image_id) for e in examples]).to(device)
+def make_inputs(examples: list[VqaExample], store: RegionFeatureReader, device) -> TbkinInputs:
+    regions = [RegionTensors.from_regions(store.get(e.question.image_id)) for e in examples]
+    return collate([e.text for e in examples], regions).to(device)
 
 
-def soft_target_matrix(examples: list[VqaQuestion], num_answers: int) -> torch.Tensor:
+def soft_target_matrix(examples: list[VqaExample], num_answers: int) -> torch.Tensor:
     target = torch.zeros(len(examples), num_answers)
     for row, e in enumerate(examples):
         for idx, score in e.targets.items():
@@ -148,7 +159,7 @@ def vqa_loss(model: nn.Module, batch: VqaBatch) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(model: VqaClassifier, examples: list[VqaQuestion], store: RegionStore, vocab: AnswerVocab,
+def predict(model: VqaClassifier, examples: list[VqaExample], store: RegionFeatureReader, vocab: AnswerVocab,
             batch_size: int, device, precision: str = "fp32") -> list[dict]:
     model.eval()
     predictions = []
@@ -157,7 +168,7 @@ def predict(model: VqaClassifier, examples: list[VqaQuestion], store: RegionStor
         with autocast(device, precision):
             logits = model(make_inputs(batch, store, device))
         best = logits.float().argmax(dim=-1).tolist()
-        predictions += [{"question_id": e.question_id, "answer": vocab.answers[a]} for e, a in zip(batch, best)]
+        predictions += [{"question_id": e.question.question_id, "answer": vocab.answers[a]} for e, a in zip(batch, best)]
     return predictions
 
 
@@ -184,7 +195,8 @@ def _run(args: argparse.Namespace, ctx) -> int:
     attention, settings = settings_from_args(args)
     backbone = load_backbone(args.pretrained, attention)
     encoder = TextEncoder(backbone.tokenizer, backbone.config.max_text_len)
-    train_store, eval_store = RegionStore(args.train_features), RegionStore(args.eval_features)
+    train_store = RegionFeatureReader(args.train_features, cache=True)
+    eval_store = RegionFeatureReader(args.eval_features, cache=True)
     consensus = [q.multiple_choice_answer for q in load_vqa(args.train_questions, args.train_annotations).questions]
     vocab = AnswerVocab.build(consensus, args.min_answer_count)
     log.info("answer vocabulary: %d answers (min count %d)", len(vocab), args.min_answer_count)

@@ -44,11 +44,12 @@ from torch import nn
 
 from tbkin.atomic import write_json
 from tbkin.errors import TbkinError
+from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.model import masking
 from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel, TbkinPretrainingHeads, save_pretraining_heads
 from tbkin.model.tokenization import load_tokenizer, pieces_in_span, prune_tokenizer, resolve_bert_path
-from tbkin.precision import PRECISIONS
-from tbkin.train.data import EncodedText, RegionStore, RegionTensors, TextEncoder, collate, leave_out_skipped_images
+from tbkin.config import settings_from_json
+from tbkin.train.data import EncodedText, RegionTensors, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.loop import (
     DistributedContext,
     LoopSettings,
@@ -123,7 +124,7 @@ class PretrainBatch:
 
 
 def read_caption_records(parses_path: str | Path, entries_path: str | Path | None, encoder: TextEncoder,
-                         store: RegionStore):
+                         store: RegionFeatureReader):
     """Caption rows of ``parses.parquet`` with their word pieces and knowledge entries.
 
     Captions of images that feature extraction skipped as unreadable are left out (and
@@ -148,7 +149,7 @@ def read_caption_records(parses_path: str | Path, entries_path: str | Path | Non
         caption_ids = pa.array([pair_id for pair_id, _ in captions], type=pa.int64())
         for row in entries.filter(pc.is_in(entries["pair_id"], value_set=caption_ids)).to_pylist():
             entries_by_pair.setdefault(int(row["pair_id"]), []).append(row)
-    missing = sorted({int(r["image_id"]) for _, r in captions} - set(store.image_ids))
+    missing = sorted(i for i in {int(r["image_id"]) for _, r in captions} if i not in store)
     if missing:
         raise PretrainDataError(f"{parses_path}: {len(missing)} caption images have no region features (e.g. {missing[:3]})")
     if not captions:
@@ -175,7 +176,7 @@ def read_caption_records(parses_path: str | Path, entries_path: str | Path | Non
 class PretrainBatches:
     """Builds the batch of any (step, rank) from the in-memory corpus."""
 
-    def __init__(self, records: list[CaptionRecord], store: RegionStore, tokenizer, settings: PretrainSettings, world_size: int = 1):
+    def __init__(self, records: list[CaptionRecord], store: RegionFeatureReader, tokenizer, settings: PretrainSettings, world_size: int = 1):
         if settings.batch_size % world_size:
             raise PretrainDataError(f"pretrain.batch_size={settings.batch_size} is not divisible by {world_size} processes")
         self.records = records
@@ -214,7 +215,7 @@ class PretrainBatches:
             image_id = record.image_id
             if not is_match:
                 image_id = self._other_image(image_id, g)
-            regions.append(self.store.get(image_id))
+            regions.append(RegionTensors.from_regions(self.store.get(image_id)))
         inputs = collate([r.text for r in records], regions)
 
         # Every pair is masked the same way, mismatched ones included: otherwise "nothing is
@@ -326,7 +327,7 @@ def build(settings: PretrainSettings, parses: str, features: str, entries: str |
     """Tokenizer, corpus, batch builder and model, all from the inputs and settings."""
     bert_dir = resolve_bert_path(settings.bert_path)
     tokenizer = load_tokenizer(bert_dir)
-    store = RegionStore(features)
+    store = RegionFeatureReader(features, cache=True)
     keep_ids = None
     if settings.prune_vocab:
         import pyarrow.parquet as pq
@@ -348,9 +349,8 @@ def build(settings: PretrainSettings, parses: str, features: str, entries: str |
         region_feature_dim=store.feature_dim,
         num_region_labels=max(1, len(store.label_names)),
         max_text_len=settings.max_text_len,
-        max_regions=store.num_regions,
     )
-    model.region_embeddings.set_feature_statistics(*store.reader.feature_statistics())
+    model.region_embeddings.set_feature_statistics(*store.feature_statistics())
     return tokenizer, batches, PretrainingModel(model)
 
 
@@ -395,51 +395,21 @@ def _train(ctx: DistributedContext, s: PretrainSettings, parses, features, entri
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = PretrainSettings()
     parser.add_argument("--parses", required=True, help="train split parses.parquet")
     parser.add_argument("--features", required=True, help="train split region features HDF5")
     parser.add_argument("--entries", help="train split knowledge entries Parquet (omit: no SKM)")
     parser.add_argument("--out-dir", required=True, help="checkpoint folder (model, config, tokenizer, log)")
+    parser.add_argument("--settings", default="{}",
+                        help="one JSON object with PretrainSettings' fields: the config's `model` and "
+                             "`pretrain` sections, seed and precision; missing fields take their defaults")
     parser.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="train.precision")
-    model_keys = {"bert_path", "num_layers", "encoder_init", "hidden_size", "num_attention_heads",
-                  "intermediate_size", "max_text_len", "prune_vocab"}
-    for name, value in asdict(defaults).items():
-        if name == "precision":
-            continue
-        flag = "--" + name.replace("_", "-")
-        key = name if name == "seed" else f"{'model' if name in model_keys else 'pretrain'}.{name}"
-        if name == "task_weights":
-            parser.add_argument(flag, type=json.loads, default=value, help=f'{key}, JSON: {{"mlm": 1, "mrm": 1, "skm": 1, "itm": 1}}')
-        elif name == "bert_path":
-            parser.add_argument(flag, default=None, help=f"{key}: HF BERT folder (null: the packaged MiniLM-L6)")
-        elif name in ("hidden_size", "num_attention_heads", "intermediate_size"):
-            parser.add_argument(flag, type=_optional_int, default=None, help=f"{key} (null: the checkpoint's)")
-        elif isinstance(value, bool):
-            parser.add_argument(flag, type=_parse_bool, default=value, help=f"{key} (true/false)")
-        else:
-            parser.add_argument(flag, type=type(value), default=value, help=f"{key} (default {value})")
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("null", "none", "") else int(text)
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = PretrainSettings(**{name: getattr(args, name) for name in PretrainSettings.__dataclass_fields__})
-    if args.bert_path in ("", "null", "None"):
-        settings.bert_path = None
+    settings = settings_from_json(PretrainSettings, args.settings, "pretrain --settings")
     record = train(settings, args.parses, args.features, args.entries, args.out_dir, args.device)
     if record:
         log.info("last losses: %s", json.dumps(record))

@@ -15,8 +15,7 @@ if DET["train"]:
         input:
             train_instances=data_input("instances", "train"),
             val_instances=data_input("instances", "val"),
-            train_checked=IMAGE_LIST.format(split="train"),
-            val_checked=IMAGE_LIST.format(split="val"),
+            train_checked=IMAGE_LIST.format(split="train"),  # not val's: a val question edit keeps the detector
         output:
             weights=DETECTOR_WEIGHTS,
             metrics=report(DETECTOR_METRICS, caption="../workflow/report/detector_metrics.rst", category="1. Detector"),

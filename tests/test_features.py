@@ -231,7 +231,7 @@ def test_extraction_layout_dtypes_and_padding(tmp_path, fixture_set):
         assert h5["features"].chunks == (1, m, d)
         assert json.loads(h5.attrs["label_names"]) == ["__background__", "circle", "square", "triangle"]
         assert h5.attrs["num_regions"] == m and h5.attrs["feature_dim"] == d
-        assert list(h5["image_id"][:]) == sorted(r.image_id for r in records)
+        assert list(h5["image_id"][:]) == sorted(r.id for r in records)
         num_boxes = h5["num_boxes"][:]
         assert (num_boxes < m).all() and num_boxes.max() > 0
         for row, k in enumerate(num_boxes):

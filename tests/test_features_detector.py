@@ -66,7 +66,7 @@ def test_cli_extract_shards_and_combine(trained, tmp_path):
     for i in range(2):
         shards.append(tmp_path / f"shard-{i}-of-2.h5")
         assert tbkin([
-            "extract-features", "--weights", str(weights), "--instances", str(val_instances), "--images", str(val_images),
+            "extract-features", "--weights", str(weights), "--image-list", str(val_instances), "--images", str(val_images),
             "--shard", str(i), "--num-shards", "2", "--num-regions", "5", "--min-score", "0.0",
             "--batch-size", "2", "--float16", "--output", str(shards[-1]),
         ]) == 0
@@ -91,7 +91,7 @@ def test_cli_extract_shards_and_combine(trained, tmp_path):
 def test_shard_index_out_of_range_is_a_clean_error(trained, tmp_path, capsys):
     _, weights, _, _, val_instances, val_images = trained
     code = tbkin([
-        "extract-features", "--weights", str(weights), "--instances", str(val_instances), "--images", str(val_images),
+        "extract-features", "--weights", str(weights), "--image-list", str(val_instances), "--images", str(val_images),
         "--shard", "2", "--num-shards", "2", "--output", str(tmp_path / "x.h5"),
     ])
     assert code == 2 and "shard 2 is out of range" in capsys.readouterr().err

@@ -19,7 +19,10 @@ def planned_rules(proc) -> set[str]:
     return set(re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, re.MULTILINE))
 
 
-def touch(path) -> None:
+def edit(path) -> None:
+    """A real edit (Snakemake ignores a newer file whose checksum is unchanged): append a newline."""
+    with open(path, "a") as fh:
+        fh.write("\n")
     later = time.time() + 5
     os.utime(path, (later, later))
 
@@ -47,14 +50,14 @@ def test_whole_dag_then_data_edits_rerun_only_what_reads_them(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, tail(again)
 
     # editing the val questions re-checks val and re-runs what reads them, never pretraining
-    touch(data / "vqa" / "v2_OpenEnded_mscoco_val_questions.json")
+    edit(data / "vqa" / "v2_OpenEnded_mscoco_val_questions.json")
     val_edit = snakemake("-n", *targets, configfiles=(override,))
     assert val_edit.returncode == 0, tail(val_edit)
     planned = planned_rules(val_edit)
     assert {"check_data", "eval_vqa"} <= planned and "pretrain" not in planned, (planned, tail(val_edit))
 
     # editing the train questions re-runs VQA fine-tuning
-    touch(data / "vqa" / "v2_OpenEnded_mscoco_train_questions.json")
+    edit(data / "vqa" / "v2_OpenEnded_mscoco_train_questions.json")
     train_edit = snakemake("-n", *targets, configfiles=(override,))
     assert train_edit.returncode == 0, tail(train_edit)
     assert "finetune_vqa" in planned_rules(train_edit), tail(train_edit)

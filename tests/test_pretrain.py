@@ -121,11 +121,11 @@ def test_every_loss_is_finite_and_trains(corpus):
 
 
 def _cli(corpus, out_dir, steps=6, extra=()):
+    settings = {"bert_path": corpus["bert"], "num_layers": 1, "steps": steps, "batch_size": 8, "lr": 0.001,
+                "warmup_steps": 1, "log_every": 2, "checkpoint_every": 3, "max_text_len": 12}
     return [sys.executable, "-m", "tbkin.cli", "pretrain", "--parses", corpus["parses"], "--features",
-            corpus["features"], "--entries", corpus["entries"], "--out-dir", str(out_dir), "--bert-path",
-            corpus["bert"], "--num-layers", "1", "--steps", str(steps), "--batch-size", "8", "--lr", "0.001",
-            "--warmup-steps", "1", "--log-every", "2", "--checkpoint-every", "3", "--max-text-len", "12",
-            "--threads", "1", *extra]
+            corpus["features"], "--entries", corpus["entries"], "--out-dir", str(out_dir),
+            "--settings", json.dumps(settings), "--threads", "1", *extra]
 
 
 def _env():

@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("--image-list", required=True,
-                        help="the split's image list: the marker `tbkin check-data --part SPLIT` writes")
+                        help="the split's image list: the marker `tbkin check-data --part SPLIT` writes (any JSON with a COCO `images` list, an instances file included)")
     parser.add_argument("--images", required=True, help="folder holding the split's image files")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=1)

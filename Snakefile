@@ -38,6 +38,7 @@ include: "rules/graph.smk"
 include: "rules/pretrain.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
+include: "rules/clutter.smk"
 
 
 rule all:

@@ -80,9 +80,9 @@ def refs_inputs():
     return {key: data_input(key) for key in refs_files()} | {"refs_checked": REFS_CHECKED}
 
 
-def layout_args():
-    """Options telling a tbkin data command where the files are."""
-    words = ["--root", DATA["root"]]
+def layout_args(root=DATA["root"]):
+    """Options telling a tbkin data command where the files are (below `root`)."""
+    words = ["--root", root]
     words += [word for logical, name in SPLITS.items() for word in ("--split", f"{logical}={name}")]
     for key in ("images", "instances", "captions", "vqa_questions", "vqa_annotations", "refs", "refs_instances"):
         words += [f"--{key.replace('_', '-')}", DATA[key]]
@@ -216,6 +216,38 @@ def ablation_attention(wildcards):
     if wildcards.setting.startswith("local"):
         return ["--mode", "local", "--window", int(wildcards.setting[len("local"):])]
     return ["--mode", "threshold", "--threshold", float(wildcards.setting[1:])]
+
+
+# The clutter experiment (rules/clutter.smk)
+CLUTTER = config["clutter"]
+CLUTTER_DIR = f"{R}/clutter"
+CLUTTER_LEVEL = f"{CLUTTER_DIR}/level{{level}}"
+CLUTTER_DATA = f"{CLUTTER_LEVEL}/data"
+CLUTTER_IMAGE_LIST = f"{CLUTTER_LEVEL}/checked/{{split}}.json"
+CLUTTER_FEATURES = f"{CLUTTER_LEVEL}/features/{{split}}.h5"
+CLUTTER_RUN = f"{CLUTTER_LEVEL}/{{task}}-{{setting}}-seed{{seed}}"
+CLUTTER_CSV = f"{CLUTTER_DIR}/clutter.csv"
+CLUTTER_PNG = f"{CLUTTER_DIR}/clutter.png"
+
+
+def clutter_file(key, split=None):
+    """A data file of one clutter level ({level} stays a wildcard)."""
+    pattern = DATA[key] if split is None else DATA[key].format(split=SPLITS[split])
+    return os.path.join(CLUTTER_DATA, pattern)
+
+
+def clutter_settings(wildcards):
+    """Base and the compared T: clutter.threshold, or the main ablation's best."""
+    if CLUTTER["threshold"] is not None:
+        return ["t0", f"t{CLUTTER['threshold']:g}"]
+    from tbkin.evaluate.paired import best_threshold
+
+    return ["t0", best_threshold(checkpoints.ablation.get().output.paired)]
+
+
+def clutter_evals(wildcards):
+    return expand(f"{CLUTTER_RUN}/eval.json", level=CLUTTER["levels"], task=["vqa", "rec"],
+                  setting=clutter_settings(wildcards), seed=CLUTTER["seeds"])
 
 
 # Helpers of the training rules (rules/pretrain.smk, finetune.smk).

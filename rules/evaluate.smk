@@ -150,7 +150,7 @@ if HAS_REFS:
 
 # ---- threshold ablation: one single-threaded job per (setting, seed), run side by side
 
-rule ablation:
+checkpoint ablation:  # a checkpoint: the clutter experiment reads the best T from its paired.csv
     input:
         vqa=expand(f"{ABLATION_RUN}/eval.json", task="vqa", setting=ABLATION_VQA_SETTINGS, seed=ABL["seeds"]) if HAS_VQA else [],
         rec=expand(f"{ABLATION_RUN}/eval.json", task="rec", setting=ABLATION_REC_SETTINGS, seed=ABL["seeds"]) if HAS_REFS else [],
@@ -172,3 +172,37 @@ rule ablation:
         " --paired {output.paired:q} --paired-png {output.paired_png:q} > {log:q} 2>&1"
 
 
+
+
+if HAS_VQA:
+
+    rule attention_removal:
+        """Per layer, the share of attention weights T removes ([CLS]/text -> regions, regions -> text), on val."""
+        input:
+            questions=data_input("vqa_questions", "val"),
+            features=FEATURES.format(split="val"),
+            run=f"{ABLATION_DIR}/runs/vqa-{{setting}}-seed{ABL['seeds'][0]}/run.json",
+        output:
+            json=f"{ABLATION_DIR}/attention_removal/{{setting}}.json",
+            csv=f"{ABLATION_DIR}/attention_removal/{{setting}}.csv",
+        wildcard_constraints:
+            setting=r"t[0-9.]+",
+        params:
+            model=lambda wildcards, input: os.path.dirname(input.run),
+        threads: 1
+        resources: mem_mb=3000, runtime=20
+        log: f"{LOGS}/ablation/attention_removal-{{setting}}.log"
+        benchmark: f"{BENCH}/ablation/attention_removal-{{setting}}.tsv"
+        conda: "../envs/tbkin.yaml"
+        shell:
+            "tbkin attention-removal --model {params.model:q} --questions {input.questions:q}"
+            " --features {input.features:q} --output {output.json:q} --csv {output.csv:q} --threads {threads:q}"
+            " > {log:q} 2>&1"
+
+
+rule ablation_all:
+    """The threshold ablation: paired.csv and its plots, and what each T removes (VQA)."""
+    input:
+        ABLATION_PAIRED,
+        expand(f"{ABLATION_DIR}/attention_removal/{{setting}}.json",
+               setting=[f"t{t:g}" for t in ABL["thresholds"] if t > 0]) if HAS_VQA else [],

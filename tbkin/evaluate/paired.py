@@ -121,3 +121,14 @@ def widen_flat_axis(ax, pad: float = 1.0) -> None:
     if high - low < 1e-6:
         middle = round((low + high) / 2, 6)
         ax.set_ylim(middle - pad, middle + pad)
+
+
+def best_threshold(paired_csv: str, task: str = "vqa", metric: str = "overall") -> str:
+    """The ``t<T>`` setting (T > 0) of ``paired.csv`` with the largest mean gain over Base
+    on ``task`` / ``metric``: the T the clutter experiment compares with Base."""
+    table = pd.read_csv(paired_csv)
+    rows = table[(table.task == task) & (table.metric == metric) & table.setting.map(
+        lambda name: (setting_threshold(name) or 0.0) > 0)]
+    if rows.empty or rows.mean_diff.isna().all():
+        raise DataFormatError(f"{paired_csv}: no threshold setting with a {task} {metric} difference to Base")
+    return str(rows.loc[rows.mean_diff.idxmax(), "setting"])

@@ -252,6 +252,11 @@ def clutter_evals(wildcards):
 
 # Helpers of the training rules (rules/pretrain.smk, finetune.smk).
 
+def finetune_settings(task, seed=config["seed"]):
+    """A fine-tuning run's settings as one JSON object: config finetune.<task>, seed, precision."""
+    return json.dumps({**FT[task], "seed": int(seed), "precision": PRECISION}, sort_keys=True)
+
+
 def training_launcher(nproc):
     """Start a training subcommand on `nproc` processes per node: one plain process,
     torchrun on this machine, or one torchrun per node inside a multi-node SLURM job

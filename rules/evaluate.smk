@@ -56,8 +56,7 @@ if HAS_VQA:
             pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
             out_dir=lambda wildcards, output: os.path.dirname(output.run),
             attention=ablation_attention,
-            options=rules.finetune_vqa.params.options,  # the main run's schedule
-            seed=lambda wildcards: wildcards.seed,
+            settings=lambda wildcards: finetune_settings("vqa", wildcards.seed),  # the main run's schedule
             launcher="tbkin",
             proc_threads=1,
         threads: 1
@@ -131,8 +130,7 @@ if HAS_REFS:
             out_dir=lambda wildcards, output: os.path.dirname(output.run),
             eval_splits=REC_EVAL_SPLITS,
             attention=ablation_attention,
-            options=rules.finetune_rec.params.options,
-            seed=lambda wildcards: wildcards.seed,
+            settings=lambda wildcards: finetune_settings("rec", wildcards.seed),
             launcher="tbkin",
             proc_threads=1,
         threads: 1

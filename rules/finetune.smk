@@ -27,10 +27,7 @@ if HAS_VQA:
             pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
             out_dir=lambda wildcards, output: os.path.dirname(output.run),
             attention=["--mode", "threshold", "--threshold", FT["threshold"]],
-            options=["--epochs", FT["vqa"]["epochs"], "--batch-size", FT["vqa"]["batch_size"], "--lr", FT["vqa"]["lr"],
-                     "--min-answer-count", FT["vqa"]["min_answer_count"], "--readout", FT["vqa"]["readout"],
-                     "--precision", PRECISION],
-            seed=config["seed"],
+            settings=finetune_settings("vqa"),
             launcher=lambda wildcards, resources: training_launcher(resources.nproc),
             proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
         threads: FT_THREADS
@@ -43,7 +40,7 @@ if HAS_VQA:
             " --train-questions {input.vqa_questions:q} --train-annotations {input.vqa_annotations:q}"
             " --train-features {input.train_features:q} --eval-questions {input.val_questions:q}"
             " --eval-features {input.val_features:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
-            " {params.attention:q} {params.options:q} --seed {params.seed:q} --threads {params.proc_threads:q}"
+            " {params.attention:q} --settings {params.settings:q} --threads {params.proc_threads:q}"
             " > {log:q} 2>&1"
 
 
@@ -57,8 +54,7 @@ if HAS_VQA:
             pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
             out_dir=lambda wildcards, output: os.path.dirname(output.run),
             attention=["--mode", "threshold", "--threshold", 0],
-            options=rules.finetune_vqa.params.options,
-            seed=config["seed"],
+            settings=finetune_settings("vqa"),
             launcher=lambda wildcards, resources: training_launcher(resources.nproc),
             proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
         log: f"{LOGS}/finetune_vqa_base.log"
@@ -82,9 +78,7 @@ if HAS_REFS:
             out_dir=lambda wildcards, output: os.path.dirname(output.run),
             eval_splits=REC_EVAL_SPLITS,
             attention=["--mode", "threshold", "--threshold", FT["threshold"]],
-            options=["--epochs", FT["rec"]["epochs"], "--batch-size", FT["rec"]["batch_size"], "--lr", FT["rec"]["lr"],
-                     "--precision", PRECISION],
-            seed=config["seed"],
+            settings=finetune_settings("rec"),
             launcher=lambda wildcards, resources: training_launcher(resources.nproc),
             proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
         threads: FT_THREADS
@@ -96,5 +90,5 @@ if HAS_REFS:
             "{params.launcher:q} finetune-rec --pretrained {params.pretrained:q} --refs {input.refs:q}"
             " --refs-instances {input.refs_instances:q} --features {input.features:q}"
             " --eval-splits {params.eval_splits:q} --out-dir {params.out_dir:q} --predictions {output.predictions:q}"
-            " {params.attention:q} {params.options:q} --seed {params.seed:q} --threads {params.proc_threads:q}"
+            " {params.attention:q} --settings {params.settings:q} --threads {params.proc_threads:q}"
             " > {log:q} 2>&1"

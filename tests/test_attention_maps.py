@@ -264,8 +264,8 @@ def tiny_runs(tmp_path_factory):
                      "--train-questions", str(root / "questions.json"), "--train-annotations", str(root / "annotations.json"),
                      "--train-features", str(root / "val.h5"), "--eval-questions", str(root / "questions.json"),
                      "--eval-features", str(root / "val.h5"), "--out-dir", str(out), "--predictions",
-                     str(root / f"{name}_pred.json"), "--epochs", "1", "--batch-size", "4", "--lr", "0.003",
-                     "--min-answer-count", "1", "--threshold", threshold, "--device", "cpu"]) == 0
+                     str(root / f"{name}_pred.json"), "--settings", '{"epochs": 1, "batch_size": 4, "lr": 0.003}',
+                     "--threshold", threshold, "--device", "cpu"]) == 0
         runs[name] = out
     return root, runs
 

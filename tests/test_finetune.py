@@ -93,13 +93,18 @@ def fixture_data(tmp_path_factory):
     return {"root": root, "train": train, "val": val, "files": files, "pretrained": pretrained}
 
 
-def _finetune_vqa(d, out: Path, *extra):
+def _settings(**values) -> str:
+    """--settings of a fine-tuning command: these tests' schedule, updated with ``values``."""
+    return json.dumps({"epochs": 6, "batch_size": 8, "lr": 0.003, **values})
+
+
+def _finetune_vqa(d, out: Path, *extra, **settings):
     (qt, at), (qv, av) = d["files"]["train"], d["files"]["val"]
     argv = ["finetune-vqa", "--pretrained", str(d["pretrained"]), "--train-questions", str(qt),
             "--train-annotations", str(at), "--train-features", str(d["root"] / "train.h5"),
             "--eval-questions", str(qv), "--eval-features", str(d["root"] / "val.h5"),
             "--out-dir", str(out / "model"), "--predictions", str(out / "pred.json"),
-            "--epochs", "6", "--batch-size", "8", "--lr", "0.003", "--min-answer-count", "1", *extra]
+            "--settings", _settings(**settings), *extra]
     assert main(argv) == 0
     return out / "pred.json"
 
@@ -147,7 +152,7 @@ def test_finetune_vqa_learns_and_writes_official_predictions(fixture_data, tmp_p
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=NO_NATIVE_BF16)])
 def test_finetune_vqa_each_precision_runs_and_is_recorded(fixture_data, tmp_path, precision):
-    pred_path = _finetune_vqa(fixture_data, tmp_path, "--precision", precision, "--epochs", "2")
+    pred_path = _finetune_vqa(fixture_data, tmp_path, precision=precision, epochs=2)
     run_info = json.loads((tmp_path / "model" / "run.json").read_text())
     assert run_info["precision"] == precision and run_info["settings"]["precision"] == precision
     assert run_info["steps"] == 2 * (80 // 8)
@@ -212,9 +217,7 @@ def test_finetune_vqa_reads_the_answer_from_the_image(tmp_path):
     assert main(["finetune-vqa", "--pretrained", str(pretrained), "--train-questions", str(files["train"][0]),
                  "--train-annotations", str(files["train"][1]), "--train-features", str(tmp_path / "color_train.h5"),
                  "--eval-questions", str(files["val"][0]), "--eval-features", str(tmp_path / "color_val.h5"),
-                 "--out-dir", str(out), "--predictions", str(tmp_path / "pred.json"), "--readout", "cls",
-                 "--epochs", "12", "--batch-size", "8", "--lr", "0.003", "--min-answer-count", "1",
-                 "--precision", "fp32"]) == 0
+                 "--out-dir", str(out), "--predictions", str(tmp_path / "pred.json"), "--settings", _settings(readout="cls", epochs=12, precision="fp32")]) == 0
     truth = {a["question_id"]: a["multiple_choice_answer"]
              for a in json.loads(files["val"][1].read_text())["annotations"]}
     predictions = json.loads((tmp_path / "pred.json").read_text())
@@ -245,7 +248,7 @@ def test_readout_cls_and_regions_adds_the_mean_of_the_real_region_outputs():
 
 
 def test_finetune_vqa_readout_is_saved_and_restored(fixture_data, tmp_path, monkeypatch):
-    pred_path = _finetune_vqa(fixture_data, tmp_path, "--readout", "cls_and_regions", "--epochs", "1")
+    pred_path = _finetune_vqa(fixture_data, tmp_path, readout="cls_and_regions", epochs=1)
     assert json.loads((tmp_path / "model" / "run.json").read_text())["readout"] == "cls_and_regions"
     assert json.loads((tmp_path / "model" / "config.json").read_text())["vqa_readout"] == "cls_and_regions"
     from tbkin.features.hdf5 import RegionFeatureReader
@@ -302,7 +305,7 @@ def test_cls_and_regions_classifier_round_trips_through_its_model_config_alone(t
 
 
 def test_finetune_vqa_local_window_runs(fixture_data, tmp_path):
-    _finetune_vqa(fixture_data, tmp_path, "--mode", "local", "--window", "3", "--epochs", "1")
+    _finetune_vqa(fixture_data, tmp_path, "--mode", "local", "--window", "3", epochs=1)
     run_info = json.loads((tmp_path / "model" / "run.json").read_text())
     assert run_info["attention"] == {"mode": "local", "threshold": 0.0, "window": 3}
 
@@ -371,7 +374,7 @@ def test_finetune_rec_and_eval(fixture_data, tmp_path):
     assert main(["finetune-rec", "--pretrained", str(d["pretrained"]), "--refs", str(refs),
                  "--refs-instances", str(instances), "--features", str(d["root"] / "train.h5"),
                  "--eval-splits", "val", "testA", "--out-dir", str(out), "--predictions", str(pred),
-                 "--threshold", "0.1", "--epochs", "4", "--batch-size", "8", "--lr", "0.003"]) == 0
+                 "--threshold", "0.1", "--settings", _settings(epochs=4)]) == 0
     predictions = json.loads(pred.read_text())
     assert set(predictions) == {"val", "testA"}
     run_info = json.loads((out / "run.json").read_text())
@@ -418,8 +421,8 @@ def test_attention_maps_base_beside_tbkin(fixture_data, tmp_path):
         images.append({"id": s["image_id"], "file_name": f"{s['image_id']}.png", "width": 64, "height": 64})
     instances = tmp_path / "instances_val.json"
     instances.write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
-    _finetune_vqa(d, tmp_path / "base", "--epochs", "1")
-    _finetune_vqa(d, tmp_path / "tbkin", "--epochs", "1", "--threshold", "0.3")
+    _finetune_vqa(d, tmp_path / "base", epochs=1)
+    _finetune_vqa(d, tmp_path / "tbkin", "--threshold", "0.3", epochs=1)
     qv, av = d["files"]["val"]
     out = tmp_path / "maps.png"
     assert main(["attention-maps", "--base", str(tmp_path / "base" / "model"), "--tbkin", str(tmp_path / "tbkin" / "model"),
@@ -461,8 +464,7 @@ def test_finetune_vqa_two_process_data_parallel(fixture_data, tmp_path):
            "--train-annotations", str(at), "--train-features", str(d["root"] / "train.h5"),
            "--eval-questions", str(qv), "--eval-features", str(d["root"] / "val.h5"),
            "--out-dir", str(tmp_path / "model"), "--predictions", str(tmp_path / "pred.json"),
-           "--threshold", "0.1", "--epochs", "1", "--batch-size", "8", "--lr", "0.003", "--min-answer-count", "1",
-           "--device", "cpu"]
+           "--threshold", "0.1", "--settings", _settings(epochs=1), "--device", "cpu"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

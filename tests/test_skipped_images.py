@@ -78,8 +78,8 @@ def test_vqa_questions_of_skipped_images_are_left_out_and_counted(data, tmp_path
     assert main(["finetune-vqa", "--pretrained", str(data["pretrained"]), "--train-questions", str(qt),
                  "--train-annotations", str(at), "--train-features", str(data["root"] / "train.h5"),
                  "--eval-questions", str(qv), "--eval-features", str(data["root"] / "val.h5"),
-                 "--out-dir", str(run_dir), "--predictions", str(predictions), "--epochs", "1",
-                 "--batch-size", "4", "--lr", "0.001", "--min-answer-count", "1"]) == 0
+                 "--out-dir", str(run_dir), "--predictions", str(predictions), "--settings",
+                 '{"epochs": 1, "batch_size": 4, "lr": 0.001}']) == 0
     skipped_qid = 1000 + data["val_ids"].index(SKIPPED_VAL)
     run_info = json.loads((run_dir / "run.json").read_text())
     assert run_info["train_questions"] == len(data["train_ids"]) - 1 and run_info["left_out_train_questions"] == 1

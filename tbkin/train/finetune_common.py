@@ -29,7 +29,7 @@ from torch import nn
 from tbkin.atomic import atomic_path, write_json
 from tbkin.data.loaders import read_json
 from tbkin.model.modeling_tbkin import TbkinModel
-from tbkin.precision import PRECISIONS
+from tbkin.config import settings_from_json
 from tbkin.train.loop import (
     Batch,
     DistributedContext,
@@ -61,14 +61,25 @@ class AttentionSetting:
 
 @dataclass
 class FinetuneSettings:
-    epochs: int
-    batch_size: int
-    lr: float
+    """A fine-tuning run's settings: config ``finetune.<task>`` plus seed and precision,
+    given whole to the command (``--settings``, one JSON object)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 3e-4
     seed: int = 0
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     log_every: int = 10
     precision: str = "auto"
+
+
+@dataclass
+class VqaSettings(FinetuneSettings):
+    """VQA adds the answer vocabulary's cut-off and the classifier's input."""
+
+    min_answer_count: int = 1
+    readout: str = "cls"
 
 
 def load_backbone(pretrained_dir: str | Path, attention: AttentionSetting) -> TbkinModel:
@@ -154,29 +165,22 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="threshold", choices=["threshold", "local", "full"])
     parser.add_argument("--threshold", type=float, default=0.0, help="T (threshold mode); 0 = Base")
     parser.add_argument("--window", type=int, default=None, help="window (local mode)")
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--lr", type=float, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", default="{}",
+                        help="one JSON object: config finetune.vqa or finetune.rec, plus seed and precision "
+                             "(train.precision); missing fields take their defaults")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="train.precision: bf16 autocast where the device supports it (auto), or fixed")
 
 
-def settings_from_args(args: argparse.Namespace) -> tuple[AttentionSetting, FinetuneSettings]:
-    """The attention setting and optimisation settings given by :func:`add_training_arguments`."""
-    return (AttentionSetting(args.mode, args.threshold, args.window),
-            FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             precision=args.precision))
-
-
-def run_distributed(args: argparse.Namespace, body: Callable) -> int:
-    """Seed, join the torchrun process group (if any), run ``body(args, ctx)``, leave it."""
+def run_distributed(args: argparse.Namespace, settings_class: type, body: Callable) -> int:
+    """Read the settings, seed, join the torchrun process group (if any), run
+    ``body(args, attention, settings, ctx)``, leave it."""
+    attention = AttentionSetting(args.mode, args.threshold, args.window)
+    settings = settings_from_json(settings_class, args.settings, f"{args.command} --settings")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(settings.seed)
     ctx = setup_distributed(args.device)
     try:
-        return body(args, ctx)
+        return body(args, attention, settings, ctx)
     finally:
         cleanup_distributed()

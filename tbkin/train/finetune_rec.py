@@ -32,6 +32,8 @@ from tbkin.model.modeling_tbkin import TbkinInputs, TbkinModel
 from tbkin.precision import autocast
 from tbkin.train.data import EncodedText, RegionTensors, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
+    AttentionSetting,
+    FinetuneSettings,
     add_training_arguments,
     batched,
     load_backbone,
@@ -39,7 +41,6 @@ from tbkin.train.finetune_common import (
     make_head,
     run_distributed,
     save_finetuned,
-    settings_from_args,
     train,
 )
 
@@ -169,11 +170,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_distributed(args, _run)
+    return run_distributed(args, FinetuneSettings, _run)
 
 
-def _run(args: argparse.Namespace, ctx) -> int:
-    attention, settings = settings_from_args(args)
+def _run(args: argparse.Namespace, attention: AttentionSetting, settings: FinetuneSettings, ctx) -> int:
     by_split = load_refcoco(args.refs, args.refs_instances).by_split()
     for split in [args.train_split, *args.eval_splits]:
         if not by_split.get(split):
@@ -184,16 +184,16 @@ def _run(args: argparse.Namespace, ctx) -> int:
     left_out: dict[str, list[int]] = {s: [] for s in [args.train_split, *args.eval_splits]}
     train_set = load_examples(by_split[args.train_split], encoder, store, left_out[args.train_split])
     eval_sets = {s: load_examples(by_split[s], encoder, store, left_out[s]) for s in args.eval_splits}
-    torch.manual_seed(args.seed)
+    torch.manual_seed(settings.seed)
     model = RecScorer(backbone)
 
     stats = train(model, len(train_set), lambda indices: make_batch([train_set[i] for i in indices], store),
                   rec_loss, settings, ctx, args.out_dir, desc="finetune-rec")
     if not ctx.is_main:
         return 0
-    predictions = {s: predict(model, ex, store, 4 * args.batch_size, ctx.device, stats["precision"])
+    predictions = {s: predict(model, ex, store, 4 * settings.batch_size, ctx.device, stats["precision"])
                    for s, ex in eval_sets.items()}
-    run_info = {"task": "rec", "attention": asdict(attention), "seed": args.seed, "settings": asdict(settings),
+    run_info = {"task": "rec", "attention": asdict(attention), "seed": settings.seed, "settings": asdict(settings),
                 "train_expressions": len(train_set),
                 # expressions about images skipped at extraction; eval-rec leaves these sent_ids out
                 "left_out_train_expressions": len(left_out[args.train_split]),

@@ -32,6 +32,8 @@ from tbkin.precision import autocast
 from tbkin.train.answers import AnswerVocab
 from tbkin.train.data import EncodedText, RegionTensors, TextEncoder, collate, leave_out_skipped_images
 from tbkin.train.finetune_common import (
+    AttentionSetting,
+    VqaSettings,
     add_training_arguments,
     batched,
     load_backbone,
@@ -40,7 +42,6 @@ from tbkin.train.finetune_common import (
     read_run_info,
     run_distributed,
     save_finetuned,
-    settings_from_args,
     train,
 )
 
@@ -181,31 +182,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-features", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--predictions", required=True, help="official results JSON to write")
-    parser.add_argument("--min-answer-count", type=int, required=True)
-    parser.add_argument("--readout", choices=READOUTS, default="cls",
-                        help="classifier input: [CLS] (the paper) or [CLS] + mean region output")
-    add_training_arguments(parser)
+    add_training_arguments(parser)  # --settings: VqaSettings (min_answer_count, readout: cls | cls_and_regions)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_distributed(args, _run)
+    return run_distributed(args, VqaSettings, _run)
 
 
-def _run(args: argparse.Namespace, ctx) -> int:
-    attention, settings = settings_from_args(args)
+def _run(args: argparse.Namespace, attention: AttentionSetting, settings: VqaSettings, ctx) -> int:
     backbone = load_backbone(args.pretrained, attention)
     encoder = TextEncoder(backbone.tokenizer, backbone.config.max_text_len)
     train_store = RegionFeatureReader(args.train_features, cache=True)
     eval_store = RegionFeatureReader(args.eval_features, cache=True)
     consensus = [q.multiple_choice_answer for q in load_vqa(args.train_questions, args.train_annotations).questions]
-    vocab = AnswerVocab.build(consensus, args.min_answer_count)
-    log.info("answer vocabulary: %d answers (min count %d)", len(vocab), args.min_answer_count)
+    vocab = AnswerVocab.build(consensus, settings.min_answer_count)
+    log.info("answer vocabulary: %d answers (min count %d)", len(vocab), settings.min_answer_count)
     left_out_train: list[int] = []
     left_out_eval: list[int] = []
     train_set = load_questions(args.train_questions, args.train_annotations, encoder, train_store, vocab, left_out_train)
     eval_set = load_questions(args.eval_questions, None, encoder, eval_store, None, left_out_eval)
-    torch.manual_seed(args.seed)   # the head's initialisation depends on the seed only
-    model = VqaClassifier(backbone, len(vocab), args.readout)
+    torch.manual_seed(settings.seed)   # the head's initialisation depends on the seed only
+    model = VqaClassifier(backbone, len(vocab), settings.readout)
 
     def make_batch(indices: list[int]) -> VqaBatch:
         examples = [train_set[i] for i in indices]
@@ -214,9 +211,9 @@ def _run(args: argparse.Namespace, ctx) -> int:
     stats = train(model, len(train_set), make_batch, vqa_loss, settings, ctx, args.out_dir, desc="finetune-vqa")
     if not ctx.is_main:
         return 0
-    predictions = predict(model, eval_set, eval_store, vocab, 4 * args.batch_size, ctx.device, stats["precision"])
+    predictions = predict(model, eval_set, eval_store, vocab, 4 * settings.batch_size, ctx.device, stats["precision"])
     vocab.save(Path(args.out_dir) / "answers.json")
-    run_info = {"task": "vqa", "attention": asdict(attention), "readout": args.readout, "seed": args.seed,
+    run_info = {"task": "vqa", "attention": asdict(attention), "readout": settings.readout, "seed": settings.seed,
                 "settings": asdict(settings),
                 "num_answers": len(vocab), "train_questions": len(train_set), "eval_questions": len(eval_set),
                 # questions about images skipped at extraction; eval-vqa leaves these ids out of the score

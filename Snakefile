@@ -44,14 +44,15 @@ include: "rules/clutter.smk"
 rule all:
     input:
         MAIN_TARGETS,
-        [PROBE] if config["dataset"] == "shapes" and not PT["checkpoint"] else [],
+        PROBE_TARGETS,
 
 
 rule all_results:
     """Every result the workflow report shows: `snakemake --report report.html all_results` after running it."""
     input:
         MAIN_TARGETS,
-        [PRETRAIN_PLOT, *([PROBE] if config["dataset"] == "shapes" else [])] if not PT["checkpoint"] else [],
+        [] if PT["checkpoint"] else [PRETRAIN_PLOT],
+        PROBE_TARGETS,
         ABLATION_CSV,
         ABLATION_SUMMARY,
         ABLATION_VQA_PNG,

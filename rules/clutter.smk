@@ -39,16 +39,8 @@ if config["dataset"] == "shapes":
             weights=detector_input(),
         output:
             f"{CLUTTER_LEVEL}/features/{{split}}-shard{{shard}}.h5",
-        params:
-            detector=detector_args(),
-            images=lambda wildcards: clutter_file("images", wildcards.split).format(level=wildcards.level),
-            num_shards=1,
-            num_regions=config["features"]["num_regions"],
-            min_score=config["features"]["min_score"],
-            nms_iou=config["features"]["nms_iou"],
-            batch_size=config["features"]["batch_size"],
-            precision=PRECISION,
-            flags=rules.extract_features.params.flags,
+        # one shard of the level's images, otherwise the main extraction
+        params: **params_except(rules.extract_features.rule, num_shards=1, images=clutter_images)
         log: f"{LOGS}/clutter/extract_level{{level}}_{{split}}_{{shard}}.log"
         benchmark: f"{BENCH}/clutter/extract_level{{level}}_{{split}}_{{shard}}.tsv"
 

@@ -116,6 +116,8 @@ PRETRAIN_CKPT = f"{PRETRAIN_DIR}/model.safetensors"
 PRETRAIN_LOG = f"{R}/pretrain/log.jsonl"
 PRETRAIN_PLOT = f"{R}/pretrain/loss_curves.png"
 PROBE = f"{R}/pretrain/probe.json"  # shapes only: masked colour/shape words, own vs random image
+# The probe reads this run's own pretraining, on shapes (its colour and shape words)
+PROBE_TARGETS = [PROBE] if config["dataset"] == "shapes" and not PT["checkpoint"] else []
 # Every setting pretraining reads, passed whole as one JSON object
 PRETRAIN_SETTINGS = json.dumps(
     {**MODEL, **{k: v for k, v in PT.items() if k not in ("nproc", "checkpoint")}, "seed": config["seed"],
@@ -136,6 +138,11 @@ HAS_REFS = "refs" in CONTENTS
 if HAS_VQA and "val" not in SPLITS:
     raise WorkflowError("data.contents has vqa, so data.splits needs a val split (its questions are evaluated)")
 MAIN_TARGETS = ([VQA_EVAL] if HAS_VQA else []) + ([REC_EVAL] if HAS_REFS else [])
+
+
+def params_except(parent, **replaced):
+    """The params of `parent` (a rule) with some replaced: `use ... with: params:` replaces them all."""
+    return {name: value for name, value in parent.params.items() if name not in replaced} | replaced
 
 
 def shard_ids(n):
@@ -211,6 +218,14 @@ def text_record_args(wildcards, input):
 
 # Helpers of rules/evaluate.smk.
 
+def ablation_vqa_settings(wildcards):
+    return finetune_settings("vqa", wildcards.seed)
+
+
+def ablation_rec_settings(wildcards):
+    return finetune_settings("rec", wildcards.seed)
+
+
 def ablation_attention(wildcards):
     """Command-line attention flags of an ablation setting name."""
     if wildcards.setting.startswith("local"):
@@ -234,6 +249,10 @@ def clutter_file(key, split=None):
     """A data file of one clutter level ({level} stays a wildcard)."""
     pattern = DATA[key] if split is None else DATA[key].format(split=SPLITS[split])
     return os.path.join(CLUTTER_DATA, pattern)
+
+
+def clutter_images(wildcards):
+    return clutter_file("images", wildcards.split).format(level=wildcards.level)
 
 
 def clutter_settings(wildcards):

@@ -33,7 +33,7 @@ if HAS_VQA:
             predictions=VQA_PREDICTIONS,
             run=f"{VQA_DIR}/run.json",
             # shapes: the grounding probe joins the main target's DAG (eval-vqa itself does not read it)
-            probe=[PROBE] if config["dataset"] == "shapes" and not PT["checkpoint"] else [],
+            probe=PROBE_TARGETS,
         output: report(VQA_EVAL, caption="../workflow/report/vqa_eval.rst", category="4. Evaluation")
         params: dataset=config["dataset"]
         threads: 1
@@ -52,13 +52,8 @@ if HAS_VQA:
         output:
             predictions=f"{ABLATION_VQA_RUN}/predictions.json",
             run=f"{ABLATION_VQA_RUN}/run.json",
-        params:
-            pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
-            out_dir=lambda wildcards, output: os.path.dirname(output.run),
-            attention=ablation_attention,
-            settings=lambda wildcards: finetune_settings("vqa", wildcards.seed),  # the main run's schedule
-            launcher="tbkin",
-            proc_threads=1,
+        # the main run's schedule, with this run's attention setting and seed
+        params: **params_except(rules.finetune_vqa.rule, attention=ablation_attention, settings=ablation_vqa_settings)
         threads: 1
         resources: mem_mb=4000, runtime=60, nproc=1
         log: f"{LOGS}/ablation/finetune_vqa-{{setting}}-seed{{seed}}.log"
@@ -125,14 +120,7 @@ if HAS_REFS:
         output:
             predictions=f"{ABLATION_REC_RUN}/predictions.json",
             run=f"{ABLATION_REC_RUN}/run.json",
-        params:
-            pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
-            out_dir=lambda wildcards, output: os.path.dirname(output.run),
-            eval_splits=REC_EVAL_SPLITS,
-            attention=ablation_attention,
-            settings=lambda wildcards: finetune_settings("rec", wildcards.seed),
-            launcher="tbkin",
-            proc_threads=1,
+        params: **params_except(rules.finetune_rec.rule, attention=ablation_attention, settings=ablation_rec_settings)
         threads: 1
         resources: mem_mb=4000, runtime=60, nproc=1
         log: f"{LOGS}/ablation/finetune_rec-{{setting}}-seed{{seed}}.log"

@@ -50,13 +50,7 @@ if HAS_VQA:
             head=f"{VQA_BASE_DIR}/head.safetensors",
             run=f"{VQA_BASE_DIR}/run.json",
             predictions=f"{VQA_BASE_DIR}/predictions.json",
-        params:
-            pretrained=lambda wildcards, input: os.path.dirname(input.pretrained),
-            out_dir=lambda wildcards, output: os.path.dirname(output.run),
-            attention=["--mode", "threshold", "--threshold", 0],
-            settings=finetune_settings("vqa"),
-            launcher=lambda wildcards, resources: training_launcher(resources.nproc),
-            proc_threads=lambda wildcards, threads, resources: max(1, threads // resources.nproc),
+        params: **params_except(rules.finetune_vqa.rule, attention=["--mode", "threshold", "--threshold", 0])
         log: f"{LOGS}/finetune_vqa_base.log"
         benchmark: f"{BENCH}/finetune_vqa_base.tsv"
 

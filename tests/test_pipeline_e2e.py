@@ -5,18 +5,13 @@ jobs; this test checks the outputs and the DAG's view of the data files.)
 """
 import json
 import os
-import re
 import time
 
 import pytest
 
-from workflow_helpers import snakemake, tail, write_override
+from workflow_helpers import planned_rules, snakemake, tail, write_override
 
 TARGETS = ("vqa_eval.json", "rec_eval.json")
-
-
-def planned_rules(proc) -> set[str]:
-    return set(re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, re.MULTILINE))
 
 
 def edit(path) -> None:

@@ -7,8 +7,9 @@ through `detector.weights` (detector.train: false), as a user would bring their 
 from __future__ import annotations
 
 import json
-import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import yaml
 
 from official_layout import write_official_layout
 from tbkin.data.loaders import DataLayout
-from workflow_helpers import REPO, TEST_CONFIG, snakemake, tail, write_override
+from workflow_helpers import REPO, TEST_CONFIG, planned_rules, snakemake, tail, tool_env, write_override
 
 # config/test.yaml's tiny model and features again: the real configs set the paper's sizes
 TINY = {
@@ -57,10 +58,6 @@ def real_override(tmp_path: Path, dataset: str, resources: Path, weights: Path, 
 
 def files_below(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*")}
-
-
-def planned_rules(proc) -> set[str]:
-    return set(re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, re.MULTILINE))
 
 
 @pytest.mark.slow
@@ -141,11 +138,7 @@ def test_config_header_commands_parse(name, tmp_path):
 
 
 def snakemake_as_typed(args: list[str]):
-    import subprocess
-    import sys
-
-    from workflow_helpers import tool_env
-
+    """`snakemake` with these arguments, as a user types it in the repository (plus -n)."""
     cmd = [sys.executable, "-m", "snakemake", "-n", "--nolock", *args]
     return subprocess.run(cmd, cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=300)
 

@@ -8,6 +8,7 @@ of the checkout nor each other's outputs.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,8 @@ def rule_names() -> list[str]:
     assert proc.returncode == 0, tail(proc)
     # One rule a line, a docstring's first line in parentheses after the name.
     return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+
+
+def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
+    """Rules with a job in a (dry) run's output."""
+    return set(re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, re.MULTILINE))

@@ -17,7 +17,6 @@ a shared read-only copy).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -26,12 +25,14 @@ from typing import Optional, Sequence
 from PIL import Image
 
 from tbkin.atomic import write_json
+from tbkin.data.download import sha256_of
 from tbkin.data.loaders import (
     CONTENTS,
     CocoImage,
     DataLayout,
     add_layout_arguments,
     check_image_files,
+    coco_images,
     layout_from_args,
     load_coco_captions,
     load_coco_instances,
@@ -44,14 +45,6 @@ from tbkin.errors import DataFormatError
 log = logging.getLogger(__name__)
 
 REFS_PART = "refs"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def coco_file_name(data_subtype: str, image_id: int) -> str:
@@ -142,7 +135,7 @@ def check_refs(layout: DataLayout) -> dict:
 
 
 def _hashes(layout: DataLayout, files: list[Path]) -> dict[str, str]:
-    return {str(p.relative_to(layout.root)) if p.is_relative_to(layout.root) else str(p): _sha256(p) for p in files}
+    return {str(p.relative_to(layout.root)) if p.is_relative_to(layout.root) else str(p): sha256_of(p) for p in files}
 
 
 def check_part(layout: DataLayout, part: str, contents: Sequence[str]) -> dict:
@@ -166,12 +159,8 @@ def check_dataset(layout: DataLayout, contents: Sequence[str] = CONTENTS) -> dic
 
 def read_image_list(path: str | Path) -> list[CocoImage]:
     """The images of a split's check-data marker, sorted by id."""
-    data = read_json(path)
-    try:
-        return [CocoImage(int(im["id"]), str(im["file_name"]), int(im["width"]), int(im["height"]))
-                for im in data["images"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataFormatError(f"{path}: not an image list written by `tbkin check-data` ({exc!r})") from None
+    path = Path(path)
+    return sorted(coco_images(path, read_json(path)).values(), key=lambda image: image.id)
 
 
 # ---- CLI ---------------------------------------------------------------------------

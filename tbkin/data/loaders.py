@@ -211,7 +211,8 @@ def _top_list(path: Path, data: Any, key: str) -> list:
     return data[key]
 
 
-def _images(path: Path, data: Any) -> dict[int, CocoImage]:
+def coco_images(path: Path, data: Any) -> dict[int, CocoImage]:
+    """The ``images`` list of a COCO-format document, by id (errors name the record)."""
     images: dict[int, CocoImage] = {}
     for i, raw in enumerate(_top_list(path, data, "images")):
         rec = _Record(path, f"images[{i}]", raw)
@@ -244,7 +245,7 @@ def load_coco_instances(path: str | os.PathLike, images_dir: str | os.PathLike |
     """COCO ``instances`` JSON; with ``images_dir``, also check every image file exists."""
     path = Path(path)
     data = read_json(path)
-    images = _images(path, data)
+    images = coco_images(path, data)
     categories: dict[int, CocoCategory] = {}
     for i, raw in enumerate(_top_list(path, data, "categories")):
         rec = _Record(path, f"categories[{i}]", raw)
@@ -277,7 +278,7 @@ def load_coco_instances(path: str | os.PathLike, images_dir: str | os.PathLike |
 def load_coco_captions(path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> CocoCaptions:
     path = Path(path)
     data = read_json(path)
-    images = _images(path, data)
+    images = coco_images(path, data)
     captions = []
     for i, raw in enumerate(_top_list(path, data, "annotations")):
         rec = _Record(path, f"annotations[{i}]", raw)

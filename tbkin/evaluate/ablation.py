@@ -35,7 +35,7 @@ import pandas as pd
 from tbkin.atomic import atomic_path
 from tbkin.data.loaders import read_json
 from tbkin.errors import DataFormatError
-from tbkin.evaluate.paired import (BASE, PAIRED_COLUMNS, draw_band, paired_differences, setting_name,
+from tbkin.evaluate.paired import (BASE, PAIRED_COLUMNS, draw_band, log_differences, paired_differences, setting_name,
                                    setting_order, setting_threshold, t_interval, widen_flat_axis)
 
 log = logging.getLogger(__name__)
@@ -267,9 +267,7 @@ def run(args: argparse.Namespace) -> int:
             write_csv(paired, args.paired)
         if args.paired_png:
             plot_paired(paired, args.paired_png)
-        for _, row in paired[paired.metric == "overall"].iterrows():
-            log.info("VQA %-8s - Base: %+.2f [%.2f, %.2f] (%d seeds)", row["setting"], row["mean_diff"],
-                     row["ci_low"], row["ci_high"], row["n_seeds"])
+        log_differences(paired[paired.metric == "overall"], ["task", "setting"])
     overall = summary[(summary["task"] == "vqa") & (summary["metric"] == "overall")]
     for _, row in overall.iterrows():
         log.info("VQA %-12s %.2f ± %.2f (%d seeds)", row["setting"], row["mean"], row["std"], row["num_seeds"])

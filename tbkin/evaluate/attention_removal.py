@@ -34,11 +34,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
-from tbkin.atomic import atomic_path, write_json
+from tbkin.atomic import write_json
 from tbkin.data.loaders import load_vqa
 from tbkin.errors import DataFormatError, TbkinError
+from tbkin.evaluate.ablation import write_csv
 from tbkin.evaluate.attention_maps import load_vqa_model, pick_questions
 from tbkin.features.hdf5 import RegionFeatureReader
 from tbkin.model.attention import masked_scores
@@ -213,13 +215,6 @@ def model_threshold(config) -> float:
     return float(config.attention_threshold) if config.attention_mode == "threshold" else 0.0
 
 
-def write_csv(rows: list[dict], path) -> None:
-    import pandas as pd
-
-    with atomic_path(path, suffix=".csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6f", na_rep="")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="finetune-vqa output directory (model, head, answers.json)")
     parser.add_argument("--questions", required=True, help="official VQA questions JSON of the val split")
@@ -274,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     }
     write_json(args.output, doc)
     if args.csv:
-        write_csv(rows, args.csv)
+        write_csv(pd.DataFrame(rows), args.csv)
     for r in rows:
         if r["block"] != "all":
             log.info("layer %d %-16s removed %.3f of the weights (%.3f of the mass)", r["layer"], r["block"],

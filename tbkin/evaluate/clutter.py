@@ -39,7 +39,9 @@ from tbkin.atomic import atomic_path
 from tbkin.data.loaders import read_json
 from tbkin.errors import DataFormatError
 from tbkin.evaluate.ablation import eval_metrics, write_csv
-from tbkin.evaluate.paired import BASE, draw_band, paired_differences, setting_name, setting_order, widen_flat_axis
+from tbkin.evaluate.paired import (
+    BASE, draw_band, log_differences, paired_differences, setting_name, setting_order, widen_flat_axis,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +189,6 @@ def run(args: argparse.Namespace) -> int:
             write_csv(diffs, args.paired)
         if args.png:
             plot(diffs, args.png)
-        for _, row in diffs.iterrows():
-            log.info("level %s %s %-6s - Base: %+.2f [%.2f, %.2f] (%d seeds)", row["level"], row["metric"],
-                     row["setting"], row["mean_diff"], row["ci_low"], row["ci_high"], row["n_seeds"])
+        log_differences(diffs, ["level", "metric", "setting"])
     log.info("%d runs at clutter levels %s", len(runs), sorted(set(runs["level"])))
     return 0

@@ -22,6 +22,7 @@ Setting names are those of the workflow: ``t<T>`` (threshold T, ``t0`` = Base) a
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Iterable, Sequence
@@ -31,6 +32,8 @@ import pandas as pd
 from scipy import stats
 
 from tbkin.errors import DataFormatError
+
+log = logging.getLogger(__name__)
 
 BASE = "t0"
 CONFIDENCE = 0.95
@@ -106,6 +109,14 @@ def paired_differences(runs: pd.DataFrame, by: Sequence[str], value: str = "accu
             rows.append({**dict(zip(by, key)), setting: name, "n_seeds": len(common),
                          "mean_diff": mean, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=by + [setting, "n_seeds", "mean_diff", "ci_low", "ci_high"])
+
+
+def log_differences(rows: pd.DataFrame, labels: Sequence[str]) -> None:
+    """One log line per paired difference: its ``labels`` columns, the mean and the interval."""
+    for _, row in rows.iterrows():
+        what = ", ".join(f"{column} {row[column]}" for column in labels)
+        log.info("%s - Base: %+.2f [%.2f, %.2f] (%d seeds)", what, row["mean_diff"], row["ci_low"],
+                 row["ci_high"], row["n_seeds"])
 
 
 def draw_band(ax, x, mean, low, high, label: str, color, marker: str = "o") -> None:
